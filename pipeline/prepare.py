@@ -1,0 +1,393 @@
+"""Stage 1, prepare: domain sources -> validated, de-duplicated, leak-free (query, positive, negatives) data.
+
+Reads   params: data.*, model.base, prepare.*; files: data.faq, data.glossary, data.kb (and data.testset)
+Writes  data/prepared/train.jsonl        anchor, positive, negative_1..N (training tuples)
+        data/prepared/val/               BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv): model selection
+        data/prepared/val_noisy/         the same validation questions rewritten the way users type
+        data/prepared/test/              BEIR folder: the held-out test set (or a copy of data.testset)
+        reports/data_stats.json          rows read, dropped and why, pairs per split, negatives found / missing
+
+    python -m pipeline.prepare
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipeline.common import (
+    InputError,
+    atomic_dir,
+    load_model,
+    load_params,
+    read_beir,
+    read_records,
+    repo_path,
+    run_main,
+    write_beir,
+    write_json,
+)
+
+log = logging.getLogger("pipeline.prepare")
+OUT_DIR = Path("data/prepared")
+STATS = Path("reports/data_stats.json")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation and spacing folded: 'What are the symptoms of X ?' == 'what are the symptoms of x'."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+# --------------------------------------------------------------------------- 1. sources -> pairs
+
+
+def read_faq(files: list[str], columns: dict) -> pd.DataFrame:
+    frames = []
+    for f in files:
+        optional = {"group": columns["group"]} if columns.get("group") else {}
+        df = read_records(f, {"query": columns["question"], "positive": columns["answer"]}, optional)
+        df["kind"] = "faq"
+        frames.append(df)
+        log.info("read %d FAQ rows from %s", len(df), f)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd.DataFrame:
+    """Each glossary row becomes one query per template ("What is {term}?") with the definition as positive."""
+    for t in templates:
+        if "{term}" not in t:
+            raise InputError(f"params.yaml: prepare.glossary_templates entry {t!r} has no {{term}} placeholder")
+    frames = []
+    for f in files:
+        df = read_records(f, {"term": columns["term"], "positive": columns["definition"]})
+        log.info("read %d glossary rows from %s", len(df), f)
+        for t in templates:
+            frames.append(df.assign(query=df["term"].map(lambda term: t.format(term=term)), group="glossary: " + df["term"]))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).drop(columns="term").assign(kind="glossary")
+
+
+def markdown_sections(path: Path) -> list[dict]:
+    """A Markdown/text document -> one passage per '## ' section (title from '# ', else the file name)."""
+    text = path.read_text(encoding="utf-8")
+    title = path.stem.replace("-", " ").replace("_", " ").capitalize()
+    sections, heading, body = [], None, []
+
+    def flush():
+        content = " ".join(" ".join(body).split())
+        if content:
+            sections.append({"title": title, "heading": heading or title, "text": content, "source": path.name})
+
+    for line in text.splitlines():
+        if line.startswith("# "):
+            title = line[2:].strip()
+        elif line.startswith("## "):
+            flush()
+            heading, body = line[3:].strip(), []
+        else:
+            body.append(line.strip())
+    flush()
+    return sections
+
+
+def read_kb(folder: str) -> list[dict]:
+    """Passages of the knowledge base: '## ' sections of .md/.txt files, or a BEIR corpus.jsonl."""
+    path = repo_path(folder)
+    if path.is_file():
+        df = read_records(path, {"id": "_id", "text": "text"}, {"title": "title"})
+        return [
+            {"title": r.get("title", "") or "", "heading": "", "text": r["text"], "source": f"{path.name}#{r['id']}"}
+            for r in df.to_dict("records")
+        ]
+    files = sorted(p for p in path.glob("**/*") if p.suffix.lower() in (".md", ".markdown", ".txt"))
+    if not files:
+        raise InputError(f"{path}: no .md or .txt documents found")
+    passages = []
+    for f in files:
+        try:
+            passages += markdown_sections(f)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{f}: not valid UTF-8 at byte {e.start}") from None
+    return passages
+
+
+def kb_heading_pairs(passages: list[dict]) -> pd.DataFrame:
+    """(title + heading, section) training pairs: documents without questions still teach the domain."""
+    rows = [
+        {"query": f"{p['title']}: {p['heading']}", "positive": p["text"], "group": "kb: " + p["source"].split("#")[0],
+         "where": p["source"], "kind": "kb"}
+        for p in passages
+        if p["heading"] and p["heading"] != p["title"]
+    ]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- 2. de-duplicate and group
+
+
+def deduplicate(pairs: pd.DataFrame, stats: dict) -> pd.DataFrame:
+    """Drop exact duplicate (question, answer) pairs after normalisation, and count them.
+
+    A question asked again with a *different* answer is kept: both answers are relevant, the split keeps
+    them together and the no-duplicates batch sampler never puts both in one batch.
+    """
+    pairs = pairs.assign(q_norm=pairs["query"].map(normalize), p_norm=pairs["positive"].map(normalize))
+    dup = pairs.duplicated(["q_norm", "p_norm"])
+    stats["dropped"]["duplicate_pair"] = int(dup.sum())
+    if dup.any():
+        log.info("dropped %d duplicate (question, answer) pairs, e.g. %s", dup.sum(), pairs.loc[dup, "where"].iloc[0])
+    pairs = pairs[~dup].reset_index(drop=True)
+    stats["repeated_question_other_answer"] = int(pairs.duplicated("q_norm").sum())
+    stats["repeated_answer_other_question"] = int(pairs.duplicated("p_norm").sum())
+    return pairs
+
+
+def connected_groups(pairs: pd.DataFrame) -> np.ndarray:
+    """Rows that share a normalised question, a normalised answer or a group value end up in one component.
+
+    Splitting by component means no test question and no test answer passage is ever seen in training.
+    """
+    keys = [("q", pairs["q_norm"]), ("p", pairs["p_norm"])]
+    if "group" in pairs:
+        keys.append(("g", pairs["group"].fillna(pairs["p_norm"])))
+    key_ids = pd.factorize(pd.concat([prefix + ":" + col.astype(str) for prefix, col in keys], ignore_index=True))[0]
+    n = len(pairs)
+    row_ids = np.tile(np.arange(n), len(keys))
+    # bipartite graph rows <-> keys; components of it are the groups
+    graph = coo_matrix((np.ones(len(row_ids)), (row_ids, n + key_ids)), shape=(n + key_ids.max() + 1,) * 2)
+    return connected_components(graph, directed=False)[1][:n]
+
+
+def split_groups(groups: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Assign whole groups to splits, shuffled with the seed, until each split holds its fraction of the rows."""
+    rng = np.random.default_rng(seed)
+    unique, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(unique))
+    split_of_group = np.full(len(unique), "train", dtype=object)
+    target = {name: frac * len(groups) for name, frac in fractions.items() if frac > 0}
+    filled = dict.fromkeys(target, 0)
+    names = list(target)
+    i = 0
+    for g in order:
+        while i < len(names) and filled[names[i]] >= target[names[i]]:
+            i += 1
+        if i == len(names):
+            break
+        split_of_group[g] = names[i]
+        filled[names[i]] += sizes[g]
+    lookup = dict(zip(unique, split_of_group))
+    return np.array([lookup[g] for g in groups])
+
+
+def beir_from_pairs(eval_pairs: pd.DataFrame, distractors: list[str], max_corpus: int, seed: int):
+    """Queries, corpus (every answer of the split + sampled distractors from other splits) and qrels."""
+    answers = list(dict.fromkeys(eval_pairs["positive"]))
+    rng = np.random.default_rng(seed)
+    others = [d for d in dict.fromkeys(distractors) if d not in set(answers)]
+    room = max(0, max_corpus - len(answers))
+    if len(others) > room:
+        others = [others[i] for i in sorted(rng.choice(len(others), room, replace=False))]
+    corpus = {f"d{i}": text for i, text in enumerate(answers + others)}
+    doc_id = {text: did for did, text in corpus.items()}
+    queries, qrels, query_id = {}, {}, {}
+    for q, p in zip(eval_pairs["query"], eval_pairs["positive"]):
+        qid = query_id.setdefault(normalize(q), f"q{len(query_id)}")
+        queries.setdefault(qid, q)
+        qrels.setdefault(qid, {})[doc_id[p]] = 1
+    return corpus, queries, qrels
+
+
+# --------------------------------------------------------------------------- 3. leakage guard
+
+
+def leakage_guard(train: pd.DataFrame, held_out_queries: list[str], model, threshold: float, batch_size: int):
+    """Training rows whose question is (near) a held-out question: same normalised text, or base cosine >= threshold."""
+    held_norm = {normalize(q) for q in held_out_queries}
+    exact = train["q_norm"].isin(held_norm).to_numpy()
+    near = np.zeros(len(train), dtype=bool)
+    if threshold is not None and threshold < 1 and len(train) and held_out_queries:
+        emb_train = model.encode(train["query"].tolist(), batch_size=batch_size, normalize_embeddings=True,
+                                 convert_to_tensor=True, show_progress_bar=True)
+        emb_held = model.encode(held_out_queries, batch_size=batch_size, normalize_embeddings=True,
+                                convert_to_tensor=True, show_progress_bar=True)
+        near = (emb_train @ emb_held.T).max(dim=1).values.cpu().numpy() >= threshold
+    return exact, near & ~exact
+
+
+# --------------------------------------------------------------------------- 4. hard negatives
+
+
+def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: dict) -> pd.DataFrame:
+    """Mine negatives with sentence-transformers, then drop any from the positive's own group.
+
+    mine_hard_negatives returns ranked candidates (with a margin below the positive's score, so paraphrases of
+    the positive are not taken); it knows nothing of groups, so we keep the best candidates from *other* groups.
+    A pair with too few gets random passages from other groups and is counted as missing.
+    """
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    num = int(cfg["num"])
+    if num == 0:
+        stats["negatives"] = {"per_pair": 0}
+        return train[["query", "positive"]].rename(columns={"query": "anchor"})
+    group_of = dict(zip(train["positive"], train["group_id"]))
+    dataset = Dataset.from_dict({"anchor": train["query"].tolist(), "positive": train["positive"].tolist()})
+    mined = mine_hard_negatives(
+        dataset, model, range_max=int(cfg["range_max"]), num_negatives=int(cfg["candidates"]),
+        relative_margin=cfg.get("relative_margin"), absolute_margin=cfg.get("absolute_margin"),
+        sampling_strategy="top", output_format="labeled-list", output_scores=True,
+        batch_size=int(cfg["batch_size"]), use_faiss=False, verbose=True,
+    )
+    found: dict[tuple[str, str], tuple[list[str], list[float], float]] = {}
+    for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
+        positive, candidates = docs[0], list(zip(docs[1:], scores[1:]))
+        kept = [(d, s) for d, s in candidates if group_of.get(d) != group_of[positive]][:num]
+        found[(anchor, positive)] = ([d for d, _ in kept], [s for _, s in kept], scores[0])
+    rng = np.random.default_rng(seed)
+    passages = train["positive"].to_numpy()
+    rows, missing, pos_scores, neg_scores = [], 0, [], []
+    for anchor, positive, gid in zip(train["query"], train["positive"], train["group_id"]):
+        negs, neg_s, pos_s = found.get((anchor, positive), ([], [], None))
+        if pos_s is not None:
+            pos_scores.append(pos_s)
+            neg_scores += neg_s[:1]
+        if len(negs) < num:
+            missing += 1
+            while len(negs) < num:  # random fill from another group: still a valid (easy) negative
+                cand = passages[rng.integers(len(passages))]
+                if group_of[cand] != gid and cand not in negs:
+                    negs.append(cand)
+        rows.append({"anchor": anchor, "positive": positive, **{f"negative_{i + 1}": n for i, n in enumerate(negs)}})
+    describe = lambda xs: {k: round(float(v), 4) for k, v in pd.Series(xs, dtype=float).describe().items() if k != "count"}
+    stats["negatives"] = {
+        "per_pair": num,
+        "pairs_with_all_hard_negatives": len(rows) - missing,
+        "pairs_missing_hard_negatives": missing,
+        "positive_score": describe(pos_scores),
+        "hardest_negative_score": describe(neg_scores),
+    }
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- 5. noisy queries
+
+
+def noisy_rewrite(query: str, cfg: dict, rng: np.random.Generator) -> str:
+    """Rewrite a clean FAQ question the way people type into a chat box: context, lowercase, typos, a tail."""
+    text = query.strip()
+    if rng.random() < cfg["p_drop_question_words"]:
+        text = re.sub(r"^(what|how|can|is|are|do|does)\b( (is|are|do|does|can|the|a|an))*\s+", "", text, flags=re.I)
+    if rng.random() < cfg["p_lowercase"]:
+        text = text.lower().rstrip(" ?")
+    words = text.split()
+    for i, w in enumerate(words):
+        if len(w) >= 5 and rng.random() < cfg["typo_rate"]:
+            j = int(rng.integers(1, len(w) - 2))
+            op = rng.integers(3)
+            words[i] = (w[:j] + w[j + 1] + w[j] + w[j + 2:]) if op == 0 else (w[:j] + w[j + 1:]) if op == 1 else (w[:j] + w[j] + w[j:])
+    text = " ".join(words)
+    if cfg["contexts"] and rng.random() < cfg["p_context"]:
+        text = f"{cfg['contexts'][rng.integers(len(cfg['contexts']))]} {text}"
+    if cfg["suffixes"] and rng.random() < cfg["p_suffix"]:
+        text = f"{text} {cfg['suffixes'][rng.integers(len(cfg['suffixes']))]}"
+    return text
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    data, cfg = load_params("data"), load_params("prepare")
+    base = load_params("model")["base"]
+    seed = int(cfg["seed"])
+    stats: dict = {"rows_read": {}, "dropped": {}}
+
+    # 1. Read and validate every source (fails on the first bad file, naming file, line and field)
+    faq = read_faq(data.get("faq") or [], data["faq_columns"])
+    glossary = expand_glossary(data.get("glossary") or [], data["glossary_columns"], cfg["glossary_templates"])
+    stats["rows_read"] = {"faq": len(faq), "glossary_queries": len(glossary)}
+    pairs = pd.concat([faq, glossary], ignore_index=True)
+    if pairs.empty:
+        raise InputError("params.yaml: data.faq and data.glossary give no question/answer pairs")
+    if "group" not in pairs:
+        pairs["group"] = None
+
+    # 2. De-duplicate, group, split (the test set comes from data.testset when it is given)
+    pairs = deduplicate(pairs, stats)
+    pairs["group_id"] = connected_groups(pairs)
+    external_test = data.get("testset")
+    fractions = {"val": cfg["val_fraction"]} if external_test else {"test": cfg["test_fraction"], "val": cfg["val_fraction"]}
+    pairs["split"] = split_groups(pairs["group_id"].to_numpy(), fractions, seed)
+    if cfg.get("kb_pairs"):
+        kb = kb_heading_pairs(read_kb(data["kb"]))
+        stats["rows_read"]["kb_sections"] = len(kb)
+        if not kb.empty:
+            kb = kb.assign(q_norm=kb["query"].map(normalize), p_norm=kb["positive"].map(normalize), split="train")
+            kb["group_id"] = pairs["group_id"].max() + 1 + pd.factorize(kb["group"])[0]
+            pairs = pd.concat([pairs, kb], ignore_index=True)
+    train = pairs[pairs["split"] == "train"].reset_index(drop=True)
+    val = pairs[pairs["split"] == "val"]
+    if external_test:
+        test_corpus, test_queries, test_qrels = read_beir(external_test)
+        log.info("test set from %s: %d queries, %d passages", external_test, len(test_queries), len(test_corpus))
+    else:
+        test = pairs[pairs["split"] == "test"]
+        if test.empty:
+            raise InputError("prepare.test_fraction gives an empty test split: add data or raise the fraction")
+        test_corpus, test_queries, test_qrels = beir_from_pairs(
+            test, pairs.loc[pairs["kind"] != "kb", "positive"].tolist(), cfg["eval_corpus_size"], seed)
+    if val.empty:
+        raise InputError("prepare.val_fraction gives an empty validation split: add data or raise the fraction")
+    val_questions = val["q_norm"].drop_duplicates()
+    if len(val_questions) > cfg["max_val_queries"]:  # validation runs during training: keep it cheap
+        keep = set(val_questions.sample(cfg["max_val_queries"], random_state=seed))
+        val = val[val["q_norm"].isin(keep)]
+    val_corpus, val_queries, val_qrels = beir_from_pairs(
+        val, train.loc[train["kind"] != "kb", "positive"].tolist(), cfg["eval_corpus_size"], seed)
+
+    # 3. Leakage guard: no training question may be (nearly) a held-out one
+    model = load_model(base, max_seq_length=cfg["max_seq_length"])
+    exact, near = leakage_guard(train, list(test_queries.values()) + list(val_queries.values()), model,
+                                cfg["leakage_cosine"], cfg["negatives"]["batch_size"])
+    stats["dropped"]["leak_exact_question"] = int(exact.sum())
+    stats["dropped"]["leak_near_duplicate_question"] = int(near.sum())
+    if (exact | near).any():
+        log.info("leakage guard dropped %d training pairs (%d exact, %d near-duplicate questions)",
+                 (exact | near).sum(), exact.sum(), near.sum())
+    train = train[~(exact | near)].reset_index(drop=True)
+    if cfg.get("max_train_pairs"):
+        train = train.sample(min(len(train), int(cfg["max_train_pairs"])), random_state=seed).reset_index(drop=True)
+    if train.empty:
+        raise InputError("no training pairs left after splitting and the leakage guard")
+
+    # 4. Hard negatives from the base model, never from the positive's own group
+    tuples = add_hard_negatives(train, model, cfg["negatives"], seed, stats)
+
+    # 5. Noisy validation queries (rules, seeded; never drawn from the test split)
+    rng = np.random.default_rng(seed)
+    noisy_queries = {qid: noisy_rewrite(q, cfg["noisy"], rng) for qid, q in val_queries.items()}
+
+    stats["pairs"] = {"train": len(tuples), "train_from_kb_sections": int((train["kind"] == "kb").sum()),
+                      "val_queries": len(val_queries), "val_corpus": len(val_corpus),
+                      "test_queries": len(test_queries), "test_corpus": len(test_corpus)}
+    stats["groups"] = {s: int(pairs.loc[pairs["split"] == s, "group_id"].nunique()) for s in ("train", "val", "test")}
+    with atomic_dir(OUT_DIR) as tmp:
+        tuples.to_json(tmp / "train.jsonl", orient="records", lines=True, force_ascii=False)
+        write_beir(tmp / "val", val_corpus, val_queries, val_qrels)
+        write_beir(tmp / "val_noisy", val_corpus, noisy_queries, val_qrels)
+        write_beir(tmp / "test", test_corpus, test_queries, test_qrels)
+    write_json(STATS, stats)
+    log.info("wrote %s (train %d tuples, val %d queries, test %d queries) and %s",
+             OUT_DIR, len(tuples), len(val_queries), len(test_queries), STATS)
+
+
+if __name__ == "__main__":
+    run_main(main)
