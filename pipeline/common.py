@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+# No network at run time: weights come from a path, a weights package or the local hub cache, never a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("pipeline")
 
@@ -32,7 +34,7 @@ class InputError(Exception):
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     # transformers and datasets are chatty at INFO; keep their warnings.
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "sentence_transformers.SentenceTransformer"):
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -234,6 +236,50 @@ def write_beir(folder: Path, corpus: dict, queries: dict, qrels: dict) -> None:
     )
     rows = [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
     pd.DataFrame(rows, columns=["query-id", "corpus-id", "score"]).to_csv(folder / "qrels.tsv", sep="\t", index=False)
+
+
+def markdown_sections(path: Path) -> list[dict]:
+    """A Markdown/text document -> one passage per '## ' section (title from '# ', else the file name)."""
+    text = path.read_text(encoding="utf-8")
+    title = path.stem.replace("-", " ").replace("_", " ").capitalize()
+    sections, heading, body = [], None, []
+
+    def flush():
+        content = " ".join(" ".join(body).split())
+        if content:
+            sections.append({"title": title, "heading": heading or title, "text": content, "source": path.name})
+
+    for line in text.splitlines():
+        if line.startswith("# "):
+            title = line[2:].strip()
+        elif line.startswith("## "):
+            flush()
+            heading, body = line[3:].strip(), []
+        else:
+            body.append(line.strip())
+    flush()
+    return sections
+
+
+def read_kb(folder: str) -> list[dict]:
+    """Passages of the knowledge base: '## ' sections of .md/.txt files, or a BEIR corpus.jsonl."""
+    path = repo_path(folder)
+    if path.is_file():
+        df = read_records(path, {"id": "_id", "text": "text"}, {"title": "title"})
+        return [
+            {"title": r.get("title", "") or "", "heading": "", "text": r["text"], "source": f"{path.name}#{r['id']}"}
+            for r in df.to_dict("records")
+        ]
+    files = sorted(p for p in path.glob("**/*") if p.suffix.lower() in (".md", ".markdown", ".txt"))
+    if not files:
+        raise InputError(f"{path}: no .md or .txt documents found")
+    passages = []
+    for f in files:
+        try:
+            passages += markdown_sections(f)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{f}: not valid UTF-8 at byte {e.start}") from None
+    return passages
 
 
 # --------------------------------------------------------------------------- atomic outputs

@@ -27,6 +27,7 @@ from pipeline.common import (
     load_model,
     load_params,
     read_beir,
+    read_kb,
     read_records,
     repo_path,
     run_main,
@@ -72,50 +73,6 @@ def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).drop(columns="term").assign(kind="glossary")
-
-
-def markdown_sections(path: Path) -> list[dict]:
-    """A Markdown/text document -> one passage per '## ' section (title from '# ', else the file name)."""
-    text = path.read_text(encoding="utf-8")
-    title = path.stem.replace("-", " ").replace("_", " ").capitalize()
-    sections, heading, body = [], None, []
-
-    def flush():
-        content = " ".join(" ".join(body).split())
-        if content:
-            sections.append({"title": title, "heading": heading or title, "text": content, "source": path.name})
-
-    for line in text.splitlines():
-        if line.startswith("# "):
-            title = line[2:].strip()
-        elif line.startswith("## "):
-            flush()
-            heading, body = line[3:].strip(), []
-        else:
-            body.append(line.strip())
-    flush()
-    return sections
-
-
-def read_kb(folder: str) -> list[dict]:
-    """Passages of the knowledge base: '## ' sections of .md/.txt files, or a BEIR corpus.jsonl."""
-    path = repo_path(folder)
-    if path.is_file():
-        df = read_records(path, {"id": "_id", "text": "text"}, {"title": "title"})
-        return [
-            {"title": r.get("title", "") or "", "heading": "", "text": r["text"], "source": f"{path.name}#{r['id']}"}
-            for r in df.to_dict("records")
-        ]
-    files = sorted(p for p in path.glob("**/*") if p.suffix.lower() in (".md", ".markdown", ".txt"))
-    if not files:
-        raise InputError(f"{path}: no .md or .txt documents found")
-    passages = []
-    for f in files:
-        try:
-            passages += markdown_sections(f)
-        except UnicodeDecodeError as e:
-            raise InputError(f"{f}: not valid UTF-8 at byte {e.start}") from None
-    return passages
 
 
 def kb_heading_pairs(passages: list[dict]) -> pd.DataFrame:
@@ -351,7 +308,7 @@ def main() -> None:
         keep = set(val_questions.sample(cfg["max_val_queries"], random_state=seed))
         val = val[val["q_norm"].isin(keep)]
     val_corpus, val_queries, val_qrels = beir_from_pairs(
-        val, train.loc[train["kind"] != "kb", "positive"].tolist(), cfg["eval_corpus_size"], seed)
+        val, train.loc[train["kind"] != "kb", "positive"].tolist(), cfg["val_corpus_size"], seed)
 
     # 3. Leakage guard: no training question may be (nearly) a held-out one
     model = load_model(base, max_seq_length=cfg["max_seq_length"])

@@ -32,6 +32,25 @@ LIVE_DIR = Path("reports/train")
 BEST_METRIC = "val_cosine_ndcg@10"
 
 
+def dvclive_callback(live):
+    """Log every trainer record to dvclive at the trainer's own global step.
+
+    dvclive's DVCLiveCallback advances its step once per log *event*, so the loss and the validation
+    curves would not share an x-axis; this keeps `step` = optimizer steps in every TSV.
+    """
+    from transformers import TrainerCallback
+
+    class StepAlignedDVCLive(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            live.step = state.global_step
+            for key, value in (logs or {}).items():
+                if key in ("loss", "grad_norm", "learning_rate") or key.startswith("eval_val_"):
+                    live.log_metric(key.replace("eval_", "eval/", 1), value)
+            live.make_summary()
+
+    return StepAlignedDVCLive()
+
+
 def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
     """The loss named in params, and the training dataset in the column layout that loss expects."""
     from sentence_transformers.sentence_transformer import losses
@@ -65,7 +84,6 @@ def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
 
 def main() -> None:
     from dvclive import Live
-    from dvclive.huggingface import DVCLiveCallback
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
@@ -128,9 +146,10 @@ def main() -> None:
 
     LIVE_DIR.mkdir(parents=True, exist_ok=True)
     with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        live.log_params({k: cfg[k] for k in sorted(cfg)})
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
-            callbacks=[DVCLiveCallback(live=live)],
+            callbacks=[dvclive_callback(live)],
         )
         # 5-7. Evaluate before (eval_on_start), train, evaluate after: every check is logged to dvclive
         start = time.perf_counter()

@@ -1,0 +1,127 @@
+"""Benchmark: the whole pipeline on real data no one on this team wrote (MedQuAD, ../shared/bench/medquad).
+
+    python bench/run_medquad.py                     # pipeline defaults, all of faq_train.jsonl
+    python bench/run_medquad.py --half              # the same defaults on half of faq_train.jsonl
+    python bench/run_medquad.py -S train.epochs=2   # any params.yaml override, as with `dvc exp run -S`
+
+It copies the project into bench/out/<name>/ (git-ignored), points params.yaml at MedQuAD (FAQ = faq_train.jsonl
+grouped by `focus`, data.testset = test/, knowledge base = the test corpus), runs every stage with `dvc repro -s`
+and prints base / fine-tuned / BM25 / hybrid metrics, the noisy-question check, and each stage's wall time and
+peak memory. Nothing is copied into the project itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
+STAGES = ["prepare", "train", "baselines", "evaluate", "index"]
+# Runs one stage and reports the peak resident memory of the processes it waited for (the stage's python).
+STAGE_WRAPPER = (
+    "import resource, subprocess, sys; r = subprocess.run(['dvc', 'repro', '-s', sys.argv[1]]); "
+    "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(r.returncode)"
+)
+
+
+def parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def make_workdir(name: str, overrides: dict) -> Path:
+    work = ROOT / "bench" / "out" / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for item in ["pipeline", "dvc.yaml", "params.yaml", ".dvcignore", "data/raw"]:
+        src, dst = ROOT / item, work / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    (work / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"].update({
+        "faq": [str(MEDQUAD / "faq_train.jsonl")],
+        "faq_columns": {"question": "question", "answer": "answer", "group": "focus"},
+        "glossary": [],
+        "kb": str(MEDQUAD / "test" / "corpus.jsonl"),
+        "testset": str(MEDQUAD / "test"),
+    })
+    params["prepare"]["kb_pairs"] = False  # the test corpus is the knowledge base here: never train on it
+    params["index"]["include_faq_answers"] = False
+    for dotted, value in overrides.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    return work
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-S", dest="set", action="append", default=[], help="params override, key=value")
+    parser.add_argument("--half", action="store_true", help="train on half of faq_train.jsonl")
+    parser.add_argument("--name", default=None, help="work folder name under bench/out/")
+    args = parser.parse_args()
+    if not MEDQUAD.is_dir():
+        print(f"benchmark data not found at {MEDQUAD}: nothing measured (it lives in ../shared beside the checkout)")
+        return
+    overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    if args.half:
+        n = sum(1 for _ in open(MEDQUAD / "faq_train.jsonl", encoding="utf-8"))
+        overrides["prepare.max_train_pairs"] = n // 2
+    name = args.name or ("half" if args.half else "default") + "".join(f"_{k}={v}" for k, v in overrides.items()
+                                                                      if k != "prepare.max_train_pairs")
+    work = make_workdir(name.replace("/", "_"), overrides)
+    print(f"work folder: {work}\noverrides: {overrides or 'none'}", flush=True)
+
+    timings = {}
+    for stage in STAGES:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", STAGE_WRAPPER, stage], cwd=work, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        (work / f"{stage}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            sys.exit(f"stage {stage} failed; see {work / (stage + '.log')}\n{proc.stderr[-3000:]}")
+        peak = next((ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("PEAK_RSS_MB")), "?")
+        timings[stage] = (seconds, peak)
+        print(f"{stage:<10} {seconds / 60:6.1f} min   peak memory {peak} MB", flush=True)
+
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    stats = json.loads((work / "reports" / "data_stats.json").read_text())
+    train = json.loads((work / "reports" / "train" / "metrics.json").read_text())
+    keys = list(metrics["base"])
+    print(f"\nMedQuAD test/: {stats['pairs']['test_queries']} queries, {stats['pairs']['test_corpus']} passages; "
+          f"{stats['pairs']['train']} training tuples ({stats['dropped']})")
+    print(f"training: {train['steps']} steps, {train['train_minutes']} min, {train['pairs_per_second']} pairs/s, "
+          f"best step {train['best_step']}, val ndcg@10 {train['val_ndcg@10_before']} -> {train['val_ndcg@10_best']}")
+    print("\n| system | " + " | ".join(keys) + " |\n|---" * 1 + "|---" * len(keys) + "|")
+    for system in ["bm25", "base", "finetuned", "hybrid", "base_val", "finetuned_val", "base_noisy", "finetuned_noisy"]:
+        print(f"| {system} | " + " | ".join(f"{metrics[system][k]:.4f}" for k in keys) + " |")
+    print()
+    for comp, t in metrics.items():
+        if "_vs_" in comp:
+            for m, v in t.items():
+                print(f"{comp:<32} {m:<8} delta {v['delta']:+.4f}  95% CI [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]  "
+                      f"p {v['p_value']:.4f}")
+    clean = metrics["finetuned"]["mrr@10"] - metrics["base"]["mrr@10"]
+    noisy = metrics["finetuned_noisy"]["mrr@10"] - metrics["base_noisy"]["mrr@10"]
+    print(f"\nclean gain (test) mrr@10 {clean:+.4f}; noisy gain (validation, rewritten) {noisy:+.4f} "
+          f"({noisy / clean:.0%} of clean)" if clean else "")
+    total = sum(s for s, _ in timings.values())
+    print(f"total wall time {total / 60:.1f} min: " + ", ".join(f"{k} {s / 60:.1f}" for k, (s, _) in timings.items()))
+
+
+if __name__ == "__main__":
+    main()

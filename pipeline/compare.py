@@ -1,0 +1,48 @@
+"""The seed's demo: base and fine-tuned model side by side on the indexed knowledge base, for any query.
+
+    python -m pipeline.compare "What are the symptoms of a dog sickness causing vomiting and diarrhea?" -k 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from pipeline.common import InputError, setup_logging
+from pipeline.search import INDEX_DIR, Searcher
+
+
+def side_by_side(left: list[dict], right: list[dict], width: int = 58) -> str:
+    def cell(hit: dict) -> list[str]:
+        where = f"{hit['title']} > {hit['heading']}" if hit.get("heading") else hit["title"]
+        text = f"{hit['rank']}. [{hit['score']:.3f}] {where}: {textwrap.shorten(hit['text'], 160, placeholder=' …')}"
+        return textwrap.wrap(text, width)
+
+    header = f"{'BASE MODEL':<{width}} | FINE-TUNED MODEL"
+    lines = [header, "-" * len(header) + "-" * width]
+    for a, b in zip(left, right):
+        ca, cb = cell(a), cell(b)
+        for i in range(max(len(ca), len(cb))):
+            lines.append(f"{(ca[i] if i < len(ca) else ''):<{width}} | {cb[i] if i < len(cb) else ''}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compare base and fine-tuned retrieval for one query.")
+    parser.add_argument("query")
+    parser.add_argument("-k", type=int, default=3)
+    parser.add_argument("--index", default=str(INDEX_DIR))
+    args = parser.parse_args(argv)
+    base = Searcher(args.index, "base").search(args.query, args.k)
+    tuned = Searcher(args.index, "finetuned").search(args.query, args.k)
+    print(f"query: {args.query}\n")
+    print(side_by_side(base, tuned))
+
+
+if __name__ == "__main__":
+    setup_logging()
+    try:
+        main()
+    except InputError as e:
+        raise SystemExit(f"error: {e}")

@@ -1,0 +1,68 @@
+"""IR metrics (pytrec_eval) checked against values worked out by hand; fusion; paired significance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.evaluate import paired_test
+from pipeline.retrieval import first_relevant_rank, per_query_metrics, rrf, summary
+
+CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 100, "recall_k": [1, 2, 3], "depth": 4}
+QRELS = {"q1": {"d1": 1, "d3": 1}, "q2": {"d4": 1}}
+RUN = {"q1": {"d2": 0.9, "d1": 0.5, "d3": 0.1, "d4": 0.05},   # relevant at ranks 2 and 3
+       "q2": {"d1": 0.8, "d2": 0.7, "d4": 0.6, "d3": 0.1}}    # relevant at rank 3
+
+
+def test_metrics_match_hand_computed_values():
+    m = per_query_metrics(RUN, QRELS, CFG)
+    # q1: first relevant at rank 2 -> RR 1/2
+    assert m.loc["q1", "mrr@10"] == pytest.approx(0.5)
+    # q1: DCG = 1/log2(3) + 1/log2(4); ideal DCG = 1 + 1/log2(3)
+    assert m.loc["q1", "ndcg@10"] == pytest.approx((1 / math.log2(3) + 0.5) / (1 + 1 / math.log2(3)))
+    # q1: AP = (1/2 + 2/3) / 2
+    assert m.loc["q1", "map@100"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert [m.loc["q1", f"recall@{k}"] for k in (1, 2, 3)] == [0.0, 0.5, 1.0]
+    assert m.loc["q2", "mrr@10"] == pytest.approx(1 / 3)
+    assert summary(m, CFG)["mrr@10"] == pytest.approx(round((0.5 + 1 / 3) / 2, 4))
+
+
+def test_mrr_cutoff_is_exact():
+    m = per_query_metrics(RUN, QRELS, dict(CFG, mrr_k=2))
+    assert m.loc["q1", "mrr@2"] == pytest.approx(0.5)   # rank 2 is inside the cut-off
+    assert m.loc["q2", "mrr@2"] == 0.0                  # rank 3 is not
+
+
+def test_ties_are_ordered_the_same_way_everywhere():
+    tied = {"q2": {"d4": 0.5, "d1": 0.5}}               # a tie: doc id decides, d1 before d4
+    assert first_relevant_rank(tied, {"q2": {"d4": 1}}) == {"q2": 2}
+    assert per_query_metrics(tied, {"q2": {"d4": 1}}, dict(CFG, depth=2)).loc["q2", "mrr@10"] == 0.5
+
+
+def test_first_relevant_rank_missing_is_nan():
+    ranks = first_relevant_rank({"q1": {"d2": 1.0}}, {"q1": {"d1": 1}})
+    assert math.isnan(ranks["q1"])
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    a = {"q": {"d1": 2.0, "d2": 1.0}}
+    b = {"q": {"d2": 0.9, "d3": 0.8}}
+    fused = rrf([a, b], k=60, depth=10)["q"]
+    assert fused == pytest.approx({"d2": 1 / 62 + 1 / 61, "d1": 1 / 61, "d3": 1 / 62})
+    assert list(fused) == ["d2", "d1", "d3"]
+
+
+def test_paired_test_is_seeded_and_sensible():
+    rng = np.random.default_rng(0)
+    base = pd.Series(rng.uniform(0, 1, 200))
+    better = (base + 0.1 + rng.normal(0, 0.05, 200)).clip(0, 1)
+    t = paired_test(better, base, samples=2000, seed=0)
+    assert t == paired_test(better, base, samples=2000, seed=0)
+    assert t["ci_low"] > 0 and t["p_value"] < 0.01 and t["ci_low"] <= t["delta"] <= t["ci_high"]
+    same = paired_test(base, base, samples=2000, seed=0)
+    assert same == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+    noise = paired_test(base + rng.normal(0, 0.01, 200), base, samples=2000, seed=0)
+    assert noise["ci_low"] < 0 < noise["ci_high"] or noise["p_value"] > 0.01

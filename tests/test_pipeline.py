@@ -1,0 +1,143 @@
+"""End to end under DVC, in a throw-away git repo: dvc repro, a no-op second run, per-parameter granularity,
+dvc push / dvc pull into a fresh clone, search and compare on the result, and a clean failure on bad input.
+
+A tiny randomly initialised BERT (conftest) and a few training steps keep it to a couple of minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run
+
+STAGES = ["prepare", "train", "baselines", "evaluate", "index"]
+METRIC_KEYS = ["mrr@10", "ndcg@10", "map@100", "recall@1", "recall@5", "recall@10", "recall@20"]
+
+
+def set_params(repo: Path, changes: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model) -> Path:
+    repo = tmp_path_factory.mktemp("project") / "repo"
+    repo.mkdir()
+    for name in ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    (repo / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    set_params(repo, {
+        "model.base": tiny_model,
+        "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
+        "prepare.max_val_queries": 30, "prepare.eval_corpus_size": 200,
+        "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
+        "evaluate.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50,
+        "index.max_seq_length": 32,
+    })
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@example.com"], repo)
+    run(["git", "config", "user.name", "test"], repo)
+    out = run(["dvc", "repro"], repo)
+    assert stages_run(out.stdout) == STAGES, out.stdout
+    return repo
+
+
+def test_outputs_and_metric_file_shape(repo):
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    for system in ["base", "finetuned", "bm25", "hybrid", "base_noisy", "finetuned_noisy"]:
+        assert list(metrics[system]) == METRIC_KEYS
+        assert all(0.0 <= v <= 1.0 for v in metrics[system].values())
+    for comp in ["finetuned_vs_base", "finetuned_vs_bm25"]:
+        for m in ["mrr@10", "ndcg@10"]:
+            t = metrics[comp][m]
+            assert set(t) == {"delta", "ci_low", "ci_high", "p_value"} and t["ci_low"] <= t["delta"] <= t["ci_high"]
+    stats = json.loads((repo / "reports/data_stats.json").read_text())
+    assert stats["pairs"]["train"] == 48 and stats["pairs"]["test_queries"] > 0
+    assert (repo / "models/finetuned/model.safetensors").is_file()
+    assert (repo / "models/index/finetuned.faiss").is_file() and (repo / "models/index/base.faiss").is_file()
+    assert (repo / "reports/train/plots/metrics/eval/val_cosine_ndcg@10.tsv").is_file()
+    for png in ["recall_at_k", "rank_change", "score_distributions", "training_curves"]:
+        assert (repo / f"reports/plots/{png}.png").stat().st_size > 1000
+    per_query = (repo / "reports/per_query.csv").read_text().splitlines()
+    assert per_query[0].startswith("query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr_base")
+    assert len(per_query) - 1 == stats["pairs"]["test_queries"]
+    report = (repo / "reports/report.md").read_text()
+    assert "| fine-tuned |" in report and "![recall@k](plots/recall_at_k.png)" in report
+    # generated data and models are DVC's, not git's
+    ignored = run(["git", "check-ignore", "data/prepared", "models/finetuned", "models/index", "reports/baselines"], repo)
+    assert len(ignored.stdout.split()) == 4
+
+
+def test_second_repro_does_nothing(repo):
+    out = run(["dvc", "repro"], repo)
+    assert stages_run(out.stdout) == [] and "up to date" in out.stdout
+
+
+@pytest.mark.parametrize("param, value, expected", [
+    ("evaluate.rrf_k", 10, ["evaluate"]),
+    ("index.batch_size", 16, ["index"]),
+    ("evaluate.depth", 40, ["baselines", "evaluate"]),
+    ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index"]),
+])
+def test_a_parameter_reruns_only_what_reads_it(repo, param, value, expected):
+    set_params(repo, {param: value})
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == expected
+
+
+def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(repo, tmp_path):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "local", str(remote)], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline run"], repo)
+    run(["dvc", "push"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not (clone / "models/finetuned").exists()
+    run(["dvc", "pull"], clone)
+    assert (clone / "models/finetuned/model.safetensors").is_file()
+    out = run(["dvc", "repro"], clone)
+    assert stages_run(out.stdout) == [] and "up to date" in out.stdout
+
+
+def test_search_and_compare_on_the_built_index(repo):
+    out = run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3", "--json"], repo)
+    hits = json.loads(out.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert {"title", "text", "source"} <= set(hits[0])
+    out = run(["python", "-m", "pipeline.compare", "my cat drinks a lot of water", "-k", "2"], repo)
+    assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
+
+
+def test_bad_input_fails_cleanly_and_writes_nothing(repo, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(repo, bad, ignore=shutil.ignore_patterns(".dvc", ".git", "data", "models", "reports"))
+    (bad / "data/raw").mkdir(parents=True)
+    (bad / "data/raw/faq.csv").write_text("question,answer,focus\nWhat is parvo?,A virus.,p\nWhat is FIV?,,f\n")
+    shutil.copytree(repo / "data/raw/kb", bad / "data/raw/kb")
+    shutil.copy(repo / "data/raw/glossary.csv", bad / "data/raw/glossary.csv")
+    out = run(["python", "-m", "pipeline.prepare"], bad, check=False)
+    assert out.returncode == 1
+    assert "faq.csv:3: field 'answer' is empty" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (bad / "data/prepared").exists() and not (bad / "reports/data_stats.json").exists()

