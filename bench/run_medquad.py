@@ -64,7 +64,10 @@ def make_workdir(name: str, overrides: dict) -> Path:
             node = node[p]
         node[leaf] = value
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    # a repository with a commit, as a user's clone is (dvclive reads the current revision)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench setup"]):
+        subprocess.run(cmd, cwd=work, check=True)
     return work
 
 

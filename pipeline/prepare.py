@@ -59,6 +59,20 @@ def read_faq(files: list[str], columns: dict) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def read_beir_pairs(folders: list[str]) -> pd.DataFrame:
+    """Training pairs from BEIR folders (queries, qrels, corpus): one pair per relevant passage of each query.
+
+    A query's relevant passages share a group, so a query never straddles the split.
+    """
+    rows = []
+    for folder in folders:
+        corpus, queries, qrels = read_beir(folder)
+        rows += [{"query": queries[q], "positive": corpus[d], "group": f"beir: {folder}#{q}", "where": f"{folder}#{q}"}
+                 for q, docs in qrels.items() for d in docs]
+        log.info("read %d pairs from BEIR folder %s", len(rows), folder)
+    return pd.DataFrame(rows).assign(kind="beir") if rows else pd.DataFrame()
+
+
 def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd.DataFrame:
     """Each glossary row becomes one query per template ("What is {term}?") with the definition as positive."""
     for t in templates:
@@ -83,6 +97,40 @@ def kb_heading_pairs(passages: list[dict]) -> pd.DataFrame:
         for p in passages
         if p["heading"] and p["heading"] != p["title"]
     ]
+    return pd.DataFrame(rows)
+
+
+def synthetic_pairs(passages: list[dict], cfg: dict, seed: int) -> pd.DataFrame:
+    """(generated question, section) pairs from a seq2seq query-generation model (doc2query style) at a local path.
+
+    For documents that come without questions. Off unless prepare.synthetic_queries.model is set.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, set_seed
+
+    path = repo_path(cfg["model"])
+    if not path.is_dir():
+        raise InputError(f"params.yaml: prepare.synthetic_queries.model {cfg['model']!r} is not a local folder")
+    set_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    n, size = int(cfg["per_passage"]), int(cfg["batch_size"])
+    rows = []
+    for start in tqdm(range(0, len(passages), size), desc="generating queries"):
+        batch = passages[start:start + size]
+        inputs = tokenizer([p["text"] for p in batch], truncation=True, max_length=int(cfg["max_input_length"]),
+                           padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], do_sample=True, top_p=0.95, num_return_sequences=n,
+                                 max_new_tokens=int(cfg["max_new_tokens"]))
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+        for i, p in enumerate(batch):
+            for q in dict.fromkeys(t.strip() for t in texts[i * n:(i + 1) * n]):
+                if q:
+                    rows.append({"query": q, "positive": p["text"], "group": "kb: " + p["source"].split("#")[0],
+                                 "where": p["source"], "kind": "synthetic"})
+    log.info("generated %d queries for %d passages with %s", len(rows), len(passages), path)
     return pd.DataFrame(rows)
 
 
@@ -141,6 +189,21 @@ def split_groups(groups: np.ndarray, fractions: dict[str, float], seed: int) -> 
         filled[names[i]] += sizes[g]
     lookup = dict(zip(unique, split_of_group))
     return np.array([lookup[g] for g in groups])
+
+
+def cap_validation(pairs: pd.DataFrame, max_queries: int, seed: int) -> np.ndarray:
+    """Keep whole validation groups up to `max_queries` distinct questions; the rest go back to training.
+
+    Validation runs at every check during training, so it is kept small; the groups it does not need are
+    better spent on training (they were never test data, so nothing leaks).
+    """
+    split = pairs["split"].to_numpy().copy()
+    val = pairs[split == "val"]
+    questions = val.groupby("group_id")["q_norm"].nunique()
+    order = questions.sample(frac=1.0, random_state=seed)
+    keep = order.index[(order.cumsum() <= max_queries) | (np.arange(len(order)) == 0)]
+    split[(split == "val") & ~pairs["group_id"].isin(set(keep)).to_numpy()] = "train"
+    return split
 
 
 def beir_from_pairs(eval_pairs: pd.DataFrame, distractors: list[str], max_corpus: int, seed: int):
@@ -270,10 +333,11 @@ def main() -> None:
     # 1. Read and validate every source (fails on the first bad file, naming file, line and field)
     faq = read_faq(data.get("faq") or [], data["faq_columns"])
     glossary = expand_glossary(data.get("glossary") or [], data["glossary_columns"], cfg["glossary_templates"])
-    stats["rows_read"] = {"faq": len(faq), "glossary_queries": len(glossary)}
-    pairs = pd.concat([faq, glossary], ignore_index=True)
+    beir = read_beir_pairs(data.get("beir_train") or [])
+    stats["rows_read"] = {"faq": len(faq), "glossary_queries": len(glossary), "beir_pairs": len(beir)}
+    pairs = pd.concat([faq, glossary, beir], ignore_index=True)
     if pairs.empty:
-        raise InputError("params.yaml: data.faq and data.glossary give no question/answer pairs")
+        raise InputError("params.yaml: data.faq, data.glossary and data.beir_train give no question/answer pairs")
     if "group" not in pairs:
         pairs["group"] = None
 
@@ -283,9 +347,18 @@ def main() -> None:
     external_test = data.get("testset")
     fractions = {"val": cfg["val_fraction"]} if external_test else {"test": cfg["test_fraction"], "val": cfg["val_fraction"]}
     pairs["split"] = split_groups(pairs["group_id"].to_numpy(), fractions, seed)
-    if cfg.get("kb_pairs"):
-        kb = kb_heading_pairs(read_kb(data["kb"]))
-        stats["rows_read"]["kb_sections"] = len(kb)
+    pairs["split"] = cap_validation(pairs, int(cfg["max_val_queries"]), seed)
+    synthetic_model = (cfg.get("synthetic_queries") or {}).get("model")
+    if cfg.get("kb_pairs") or synthetic_model:
+        if external_test and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve()):
+            raise InputError(f"params.yaml: data.kb ({data['kb']}) is inside data.testset: training on its passages "
+                             "would leak the test corpus; set prepare.kb_pairs false and synthetic_queries.model null")
+        passages = read_kb(data["kb"])
+        kb = kb_heading_pairs(passages) if cfg.get("kb_pairs") else pd.DataFrame()
+        if synthetic_model:
+            kb = pd.concat([kb, synthetic_pairs(passages, cfg["synthetic_queries"], seed)], ignore_index=True)
+        stats["rows_read"]["kb_sections"] = len(passages)
+        stats["rows_read"]["kb_training_pairs"] = len(kb)
         if not kb.empty:
             kb = kb.assign(q_norm=kb["query"].map(normalize), p_norm=kb["positive"].map(normalize), split="train")
             kb["group_id"] = pairs["group_id"].max() + 1 + pd.factorize(kb["group"])[0]
@@ -303,10 +376,6 @@ def main() -> None:
             test, pairs.loc[pairs["kind"] != "kb", "positive"].tolist(), cfg["eval_corpus_size"], seed)
     if val.empty:
         raise InputError("prepare.val_fraction gives an empty validation split: add data or raise the fraction")
-    val_questions = val["q_norm"].drop_duplicates()
-    if len(val_questions) > cfg["max_val_queries"]:  # validation runs during training: keep it cheap
-        keep = set(val_questions.sample(cfg["max_val_queries"], random_state=seed))
-        val = val[val["q_norm"].isin(keep)]
     val_corpus, val_queries, val_qrels = beir_from_pairs(
         val, train.loc[train["kind"] != "kb", "positive"].tolist(), cfg["val_corpus_size"], seed)
 

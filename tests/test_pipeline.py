@@ -57,6 +57,8 @@ def repo(tmp_path_factory, tiny_model) -> Path:
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
     run(["git", "config", "user.name", "test"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "project"], repo)  # as a user's clone: dvclive reads the current revision
     out = run(["dvc", "repro"], repo)
     assert stages_run(out.stdout) == STAGES, out.stdout
     return repo

