@@ -49,7 +49,7 @@ def repo(tmp_path_factory, tiny_model) -> Path:
     set_params(repo, {
         "model.base": tiny_model,
         "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
-        "prepare.max_val_queries": 30, "prepare.eval_corpus_size": 200,
+        "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
         "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
         "evaluate.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50,
         "index.max_seq_length": 32,
