@@ -71,12 +71,41 @@ def make_workdir(name: str, overrides: dict) -> Path:
     return work
 
 
+def print_summary(work: Path) -> None:
+    """Metrics of a finished work folder: every system, the paired comparisons, the noisy-question check."""
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    stats = json.loads((work / "reports" / "data_stats.json").read_text())
+    train = json.loads((work / "reports" / "train" / "metrics.json").read_text())
+    keys = list(metrics["base"])
+    print(f"\nMedQuAD test/: {stats['pairs']['test_queries']} queries, {stats['pairs']['test_corpus']} passages; "
+          f"{stats['pairs']['train']} training tuples ({stats['dropped']})")
+    print(f"training: {train['steps']} steps, {train['train_minutes']} min, {train['pairs_per_second']} pairs/s, "
+          f"best step {train['best_step']}, val ndcg@10 {train['val_ndcg@10_before']} -> {train['val_ndcg@10_best']}")
+    print("\n| system | " + " | ".join(keys) + " |\n|---" * 1 + "|---" * len(keys) + "|")
+    for system in ["bm25", "base", "finetuned", "hybrid", "base_val", "finetuned_val", "base_noisy", "finetuned_noisy"]:
+        print(f"| {system} | " + " | ".join(f"{metrics[system][k]:.4f}" for k in keys) + " |")
+    print()
+    for comp, t in metrics.items():
+        if "_vs_" in comp:
+            for m, v in t.items():
+                print(f"{comp:<32} {m:<8} delta {v['delta']:+.4f}  95% CI [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]  "
+                      f"p {v['p_value']:.4f}")
+    clean = metrics["finetuned"]["mrr@10"] - metrics["base"]["mrr@10"]
+    noisy = metrics["finetuned_noisy"]["mrr@10"] - metrics["base_noisy"]["mrr@10"]
+    print(f"\nclean gain (test) mrr@10 {clean:+.4f}; noisy gain (validation, rewritten) {noisy:+.4f} "
+          f"({noisy / clean:.0%} of clean)" if clean else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-S", dest="set", action="append", default=[], help="params override, key=value")
     parser.add_argument("--half", action="store_true", help="train on half of faq_train.jsonl")
     parser.add_argument("--name", default=None, help="work folder name under bench/out/")
+    parser.add_argument("--summary", metavar="NAME", help="only print the metrics of bench/out/NAME")
     args = parser.parse_args()
+    if args.summary:
+        print_summary(ROOT / "bench" / "out" / args.summary)
+        return
     if not MEDQUAD.is_dir():
         print(f"benchmark data not found at {MEDQUAD}: nothing measured (it lives in ../shared beside the checkout)")
         return
@@ -101,27 +130,7 @@ def main() -> None:
         timings[stage] = (seconds, peak)
         print(f"{stage:<10} {seconds / 60:6.1f} min   peak memory {peak} MB", flush=True)
 
-    metrics = json.loads((work / "reports" / "metrics.json").read_text())
-    stats = json.loads((work / "reports" / "data_stats.json").read_text())
-    train = json.loads((work / "reports" / "train" / "metrics.json").read_text())
-    keys = list(metrics["base"])
-    print(f"\nMedQuAD test/: {stats['pairs']['test_queries']} queries, {stats['pairs']['test_corpus']} passages; "
-          f"{stats['pairs']['train']} training tuples ({stats['dropped']})")
-    print(f"training: {train['steps']} steps, {train['train_minutes']} min, {train['pairs_per_second']} pairs/s, "
-          f"best step {train['best_step']}, val ndcg@10 {train['val_ndcg@10_before']} -> {train['val_ndcg@10_best']}")
-    print("\n| system | " + " | ".join(keys) + " |\n|---" * 1 + "|---" * len(keys) + "|")
-    for system in ["bm25", "base", "finetuned", "hybrid", "base_val", "finetuned_val", "base_noisy", "finetuned_noisy"]:
-        print(f"| {system} | " + " | ".join(f"{metrics[system][k]:.4f}" for k in keys) + " |")
-    print()
-    for comp, t in metrics.items():
-        if "_vs_" in comp:
-            for m, v in t.items():
-                print(f"{comp:<32} {m:<8} delta {v['delta']:+.4f}  95% CI [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]  "
-                      f"p {v['p_value']:.4f}")
-    clean = metrics["finetuned"]["mrr@10"] - metrics["base"]["mrr@10"]
-    noisy = metrics["finetuned_noisy"]["mrr@10"] - metrics["base_noisy"]["mrr@10"]
-    print(f"\nclean gain (test) mrr@10 {clean:+.4f}; noisy gain (validation, rewritten) {noisy:+.4f} "
-          f"({noisy / clean:.0%} of clean)" if clean else "")
+    print_summary(work)
     total = sum(s for s, _ in timings.values())
     print(f"total wall time {total / 60:.1f} min: " + ", ".join(f"{k} {s / 60:.1f}" for k, (s, _) in timings.items()))
 

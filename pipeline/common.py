@@ -196,10 +196,8 @@ def read_beir(folder: str | Path) -> tuple[dict[str, str], dict[str, str], dict[
     """A BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels.tsv (header line)."""
     folder = repo_path(folder)
     corpus_df = read_records(folder / "corpus.jsonl", {"id": "_id", "text": "text"}, {"title": "title"})
-    corpus = {
-        r.id: (f"{r.title} {r.text}" if isinstance(r.title, str) else r.text) if "title" in corpus_df else r.text
-        for r in corpus_df.itertuples()
-    }
+    titles = corpus_df["title"] if "title" in corpus_df else [None] * len(corpus_df)
+    corpus = {i: f"{t} {x}" if isinstance(t, str) else x for i, t, x in zip(corpus_df["id"], titles, corpus_df["text"])}
     queries_df = read_records(folder / "queries.jsonl", {"id": "_id", "text": "text"})
     queries = dict(zip(queries_df["id"], queries_df["text"]))
     qrels_path = folder / "qrels.tsv"

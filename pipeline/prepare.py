@@ -38,6 +38,7 @@ from pipeline.common import (
 log = logging.getLogger("pipeline.prepare")
 OUT_DIR = Path("data/prepared")
 STATS = Path("reports/data_stats.json")
+KB_KINDS = ("kb", "synthetic")  # pairs made from data.kb sections: training only, never test or validation passages
 
 
 def normalize(text: str) -> str:
@@ -373,11 +374,11 @@ def main() -> None:
         if test.empty:
             raise InputError("prepare.test_fraction gives an empty test split: add data or raise the fraction")
         test_corpus, test_queries, test_qrels = beir_from_pairs(
-            test, pairs.loc[pairs["kind"] != "kb", "positive"].tolist(), cfg["eval_corpus_size"], seed)
+            test, pairs.loc[~pairs["kind"].isin(KB_KINDS), "positive"].tolist(), cfg["eval_corpus_size"], seed)
     if val.empty:
         raise InputError("prepare.val_fraction gives an empty validation split: add data or raise the fraction")
     val_corpus, val_queries, val_qrels = beir_from_pairs(
-        val, train.loc[train["kind"] != "kb", "positive"].tolist(), cfg["val_corpus_size"], seed)
+        val, train.loc[~train["kind"].isin(KB_KINDS), "positive"].tolist(), cfg["val_corpus_size"], seed)
 
     # 3. Leakage guard: no training question may be (nearly) a held-out one
     model = load_model(base, max_seq_length=cfg["max_seq_length"])
@@ -401,7 +402,7 @@ def main() -> None:
     rng = np.random.default_rng(seed)
     noisy_queries = {qid: noisy_rewrite(q, cfg["noisy"], rng) for qid, q in val_queries.items()}
 
-    stats["pairs"] = {"train": len(tuples), "train_from_kb_sections": int((train["kind"] == "kb").sum()),
+    stats["pairs"] = {"train": len(tuples), "train_from_kb_sections": int(train["kind"].isin(KB_KINDS).sum()),
                       "val_queries": len(val_queries), "val_corpus": len(val_corpus),
                       "test_queries": len(test_queries), "test_corpus": len(test_corpus)}
     stats["groups"] = {s: int(pairs.loc[pairs["split"] == s, "group_id"].nunique()) for s in ("train", "val", "test")}
