@@ -22,6 +22,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.common import set_params  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
 STAGES = ["prepare", "train", "baselines", "evaluate", "index"]
@@ -57,12 +60,7 @@ def make_workdir(name: str, overrides: dict) -> Path:
     })
     params["prepare"]["kb_pairs"] = False  # the test corpus is the knowledge base here: never train on it
     params["index"]["include_faq_answers"] = False
-    for dotted, value in overrides.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_params(params, overrides)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # a repository with a commit, as a user's clone is (dvclive reads the current revision)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

@@ -45,6 +45,17 @@ def load_params(section: str | None = None, path: str | Path = "params.yaml") ->
     return params if section is None else params[section]
 
 
+def set_params(params: dict, overrides: dict) -> dict:
+    """Apply {"train.epochs": 2, ...} overrides in place, as `dvc exp run -S` does (used by bench/ and tests/)."""
+    for dotted, value in overrides.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return params
+
+
 def repo_path(p: str | Path) -> Path:
     """Paths in params may be absolute or relative to the repository root (where dvc runs the stages)."""
     p = Path(p).expanduser()

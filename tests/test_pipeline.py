@@ -15,21 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.common import set_params
 from tests.conftest import ROOT, run
 
 STAGES = ["prepare", "train", "baselines", "evaluate", "index"]
 METRIC_KEYS = ["mrr@10", "ndcg@10", "map@100", "recall@1", "recall@5", "recall@10", "recall@20"]
 
 
-def set_params(repo: Path, changes: dict) -> None:
+def set_repo_params(repo: Path, changes: dict) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(set_params(params, changes), sort_keys=False))
 
 
 def stages_run(output: str) -> list[str]:
@@ -46,7 +41,7 @@ def repo(tmp_path_factory, tiny_model) -> Path:
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
     (repo / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
-    set_params(repo, {
+    set_repo_params(repo, {
         "model.base": tiny_model,
         "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
         "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
@@ -102,7 +97,7 @@ def test_second_repro_does_nothing(repo):
     ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index"]),
 ])
 def test_a_parameter_reruns_only_what_reads_it(repo, param, value, expected):
-    set_params(repo, {param: value})
+    set_repo_params(repo, {param: value})
     assert stages_run(run(["dvc", "repro"], repo).stdout) == expected
 
 
