@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from pipeline.common import atomic_dir, load_model, load_params, read_beir, run_main
-from pipeline.retrieval import bm25_run, dense_run, encode, pair_scores, save_run, top_k
+from pipeline.retrieval import bm25_run, dense_run, pair_scores, save_run, validation_runs
 
 log = logging.getLogger("pipeline.baselines")
 PREPARED = Path("data/prepared")
@@ -40,12 +40,9 @@ def main() -> None:
         save_run(out / "test_bm25.json", bm25_run(corpus, queries, depth))
 
         # Validation questions, clean and as users type them: the same corpus, encoded once.
-        corpus, queries, _ = read_beir(PREPARED / "val")
-        _, noisy, _ = read_beir(PREPARED / "val_noisy")
-        run, _, c_emb = dense_run(model, corpus, queries, depth, batch_size)
-        save_run(out / "val_base.json", run)
-        q_emb = encode(model, list(noisy.values()), batch_size)
-        save_run(out / "val_noisy_base.json", top_k(q_emb, c_emb, list(noisy), list(corpus), depth))
+        val_run, noisy_run, _ = validation_runs(model, PREPARED, depth, batch_size)
+        save_run(out / "val_base.json", val_run)
+        save_run(out / "val_noisy_base.json", noisy_run)
     log.info("wrote %s", OUT_DIR)
 
 

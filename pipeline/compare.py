@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from pipeline.common import InputError, setup_logging
-from pipeline.search import INDEX_DIR, Searcher
+from pipeline.common import run_main
+from pipeline.search import INDEX_DIR, Searcher, hit_label
 
 
 def side_by_side(left: list[dict], right: list[dict], width: int = 58) -> str:
     def cell(hit: dict) -> list[str]:
-        where = f"{hit['title']} > {hit['heading']}" if hit.get("heading") else hit["title"]
-        text = f"{hit['rank']}. [{hit['score']:.3f}] {where}: {textwrap.shorten(hit['text'], 160, placeholder=' …')}"
+        text = f"{hit['rank']}. [{hit['score']:.3f}] {hit_label(hit)}: {textwrap.shorten(hit['text'], 160, placeholder=' …')}"
         return textwrap.wrap(text, width)
 
     header = f"{'BASE MODEL':<{width}} | FINE-TUNED MODEL"
@@ -41,8 +40,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main()
-    except InputError as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)

@@ -27,7 +27,6 @@ from pipeline import report
 from pipeline.common import atomic_dir, atomic_file, load_model, load_params, read_beir, run_main, write_json
 from pipeline.retrieval import (
     dense_run,
-    encode,
     first_relevant_rank,
     load_run,
     pair_scores,
@@ -35,7 +34,7 @@ from pipeline.retrieval import (
     ranked,
     rrf,
     summary,
-    top_k,
+    validation_runs,
 )
 
 log = logging.getLogger("pipeline.evaluate")
@@ -81,11 +80,7 @@ def main() -> None:
              "finetuned": pair_scores(runs["finetuned"], qrels, q_emb, c_emb, queries, corpus)}
 
     # 2. Validation questions, clean and noisy (written the way users type): does the gain survive?
-    val_corpus, val_queries, val_qrels = read_beir(PREPARED / "val")
-    _, noisy_queries, _ = read_beir(PREPARED / "val_noisy")
-    val_run, _, val_c_emb = dense_run(model, val_corpus, val_queries, depth, batch_size)
-    noisy_run = top_k(encode(model, list(noisy_queries.values()), batch_size), val_c_emb,
-                      list(noisy_queries), list(val_corpus), depth)
+    val_run, noisy_run, val_qrels = validation_runs(model, PREPARED, depth, batch_size)
     scores["base_val"] = per_query_metrics(load_run(BASELINES / "val_base.json"), val_qrels, cfg)
     scores["finetuned_val"] = per_query_metrics(val_run, val_qrels, cfg)
     scores["base_noisy"] = per_query_metrics(load_run(BASELINES / "val_noisy_base.json"), val_qrels, cfg)

@@ -84,7 +84,7 @@ def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd
         df = read_records(f, {"term": columns["term"], "positive": columns["definition"]})
         log.info("read %d glossary rows from %s", len(df), f)
         for t in templates:
-            frames.append(df.assign(query=df["term"].map(lambda term: t.format(term=term)), group="glossary: " + df["term"]))
+            frames.append(df.assign(query=[t.format(term=term) for term in df["term"]], group="glossary: " + df["term"]))
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).drop(columns="term").assign(kind="glossary")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.common import read_beir
+
 Run = dict[str, dict[str, float]]
 
 
@@ -33,6 +35,15 @@ def dense_run(model, corpus: dict[str, str], queries: dict[str, str], depth: int
     """Encode corpus and queries, retrieve; the embeddings come back too for reuse and pair statistics."""
     c_emb, q_emb = encode(model, list(corpus.values()), batch_size), encode(model, list(queries.values()), batch_size)
     return top_k(q_emb, c_emb, list(queries), list(corpus), depth), q_emb, c_emb
+
+
+def validation_runs(model, prepared: Path, depth: int, batch_size: int) -> tuple[Run, Run, dict]:
+    """Runs on the validation questions as written and as rewritten by users (one corpus, encoded once), and qrels."""
+    corpus, queries, qrels = read_beir(prepared / "val")
+    _, noisy, _ = read_beir(prepared / "val_noisy")
+    run, _, c_emb = dense_run(model, corpus, queries, depth, batch_size)
+    noisy_run = top_k(encode(model, list(noisy.values()), batch_size), c_emb, list(noisy), list(corpus), depth)
+    return run, noisy_run, qrels
 
 
 def bm25_run(corpus: dict[str, str], queries: dict[str, str], depth: int) -> Run:
@@ -118,7 +129,7 @@ def pair_scores(run: Run, qrels: dict, q_emb, c_emb, queries: dict, corpus: dict
     for qid, rel in qrels.items():
         qv = q_emb[q_index[qid]]
         positive = max(float(qv @ c_emb[d_index[d]]) for d in rel)
-        hardest = next((s for d, s in sorted(run[qid].items(), key=lambda x: -x[1]) if d not in rel), np.nan)
+        hardest = next((run[qid][d] for d in ranked(run[qid]) if d not in rel), np.nan)
         rows.append({"query_id": qid, "positive": positive, "hardest_negative": hardest})
     return pd.DataFrame(rows)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import pandas as pd
 
-from pipeline.common import InputError, load_model, repo_path, setup_logging
+from pipeline.common import InputError, load_model, repo_path, run_main
 
 INDEX_DIR = Path("models/index")
 
@@ -43,8 +43,12 @@ class Searcher:
                 for rank, (s, i) in enumerate(zip(scores[0], ids[0]), start=1)]
 
 
+def hit_label(hit: dict) -> str:
+    return f"{hit['title']} > {hit['heading']}" if hit.get("heading") else hit["title"]
+
+
 def format_hit(hit: dict, width: int = 100) -> str:
-    where = f"{hit['title']} > {hit['heading']}" if hit.get("heading") else hit["title"]
+    where = hit_label(hit)
     body = textwrap.shorten(hit["text"], width=300, placeholder=" …")
     return (f"{hit['rank']}. [{hit['score']:.3f}] {where}  ({hit['source']})\n"
             + textwrap.indent(textwrap.fill(body, width), "   "))
@@ -63,8 +67,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main()
-    except InputError as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)
