@@ -3,6 +3,7 @@
     python bench/run_medquad.py                     # pipeline defaults, all of faq_train.jsonl
     python bench/run_medquad.py --half              # the same defaults on half of faq_train.jsonl
     python bench/run_medquad.py -S train.epochs=2   # any params.yaml override, as with `dvc exp run -S`
+    python bench/run_medquad.py --half --grid       # the ablation grid, queued with `dvc exp run --queue`
 
 It copies the project into bench/out/<name>/ (git-ignored), points params.yaml at MedQuAD (FAQ = faq_train.jsonl
 grouped by `focus`, data.testset = test/, knowledge base = the test corpus), runs every stage with `dvc repro -s`
@@ -13,6 +14,7 @@ peak memory. Nothing is copied into the project itself.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import subprocess
@@ -94,15 +96,81 @@ def print_summary(work: Path) -> None:
           f"({noisy / clean:.0%} of clean)" if clean else "")
 
 
+# The ablation grid (`--grid`): each entry is queued with `dvc exp run --queue` in one work folder and run in turn
+# by `dvc queue start`; prepare runs once per distinct prepare.* and comes from DVC's run cache after that.
+GRID = [
+    ("random batches, 1 epoch", {"train.group_batches": False}),
+    ("grouped batches, 1 epoch", {}),
+    ("grouped batches, 2 epochs", {"train.epochs": 2}),
+    ("grouped batches, 1 epoch, 1 BM25-mined negative", {"prepare.negatives.num": 1, "prepare.negatives.miner": "bm25"}),
+    ("grouped batches, 1 epoch, Cached MNRL, batch 256",
+     {"train.loss": "CachedMultipleNegativesRankingLoss", "train.batch_size": 256}),
+    ("grouped batches, 1 epoch, 1 base-model-mined negative", {"prepare.negatives.num": 1, "prepare.negatives.miner": "model"}),
+]
+GRID_COLUMNS = {  # dvc exp show column -> table column: validation only, the split the recipe is chosen on
+    "reports/train/metrics.json:val_mrr@10_best": "val MRR@10",
+    "reports/train/metrics.json:val_ndcg@10_best": "val NDCG@10",
+    "reports/train/metrics.json:best_step": "best step",
+    "reports/train/metrics.json:steps": "steps",
+    "reports/train/metrics.json:train_minutes": "train min",
+}
+
+
+def grid_value(row, key: str):
+    """A metric of one `dvc exp show --csv` row; the column is "file:name", or just "name" when that is unique."""
+    if row is None:
+        return float("nan")
+    name = key.split(":", 1)[1]
+    for column in (key, name):
+        if column in row.index:
+            return row[column]
+    return next((row[c] for c in row.index if str(c).endswith(":" + name)), float("nan"))
+
+
+def run_grid(work: Path, entries: list[tuple[str, dict]]) -> None:
+    """Queue every entry as a DVC experiment (prepare and train: the grid is read on the validation split, test/ is
+    scored only for the chosen defaults), run the queue, print the ablation table."""
+    for i, (label, overrides) in enumerate(entries):
+        sets = [arg for k, v in overrides.items() for arg in ("-S", f"{k}={json.dumps(v)}")]
+        subprocess.run(["dvc", "exp", "run", "--queue", "-n", f"grid-{i}", *sets, "train"], cwd=work, check=True)
+    subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=work, check=True)
+    while True:  # the workers run in the background
+        time.sleep(30)
+        status = subprocess.run(["dvc", "queue", "status"], cwd=work, capture_output=True, text=True).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+    print(status)
+    print_grid(work, entries)
+
+
+def print_grid(work: Path, entries: list[tuple[str, dict]]) -> None:
+    """The ablation table of a finished grid, from `dvc exp show`."""
+    import pandas as pd
+
+    show = subprocess.run(["dvc", "exp", "show", "--csv", "--force"], cwd=work, capture_output=True, text=True,
+                          check=True).stdout
+    (work / "grid.csv").write_text(show)
+    table = pd.read_csv(io.StringIO(show))
+    table = table[table["Experiment"].astype(str).str.startswith("grid-")].set_index("Experiment")
+    rows = []
+    for i, (label, overrides) in enumerate(entries):
+        row = table.loc[f"grid-{i}"] if f"grid-{i}" in table.index else None
+        values = {col: grid_value(row, key) for key, col in GRID_COLUMNS.items()}
+        rows.append({"run": label, "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()) or "-", **values})
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-S", dest="set", action="append", default=[], help="params override, key=value")
     parser.add_argument("--half", action="store_true", help="train on half of faq_train.jsonl")
     parser.add_argument("--name", default=None, help="work folder name under bench/out/")
+    parser.add_argument("--grid", action="store_true", help="run the ablation grid with `dvc exp run --queue`")
     parser.add_argument("--summary", metavar="NAME", help="only print the metrics of bench/out/NAME")
     args = parser.parse_args()
     if args.summary:
-        print_summary(ROOT / "bench" / "out" / args.summary)
+        work = ROOT / "bench" / "out" / args.summary
+        print_grid(work, GRID) if args.grid else print_summary(work)
         return
     if not MEDQUAD.is_dir():
         print(f"benchmark data not found at {MEDQUAD}: nothing measured (it lives in ../shared beside the checkout)")
@@ -111,10 +179,13 @@ def main() -> None:
     if args.half:
         n = sum(1 for _ in open(MEDQUAD / "faq_train.jsonl", encoding="utf-8"))
         overrides["prepare.max_train_pairs"] = n // 2
-    name = args.name or ("half" if args.half else "default") + "".join(f"_{k}={v}" for k, v in overrides.items()
+    name = args.name or ("grid_" if args.grid else "") + ("half" if args.half else "default") + "".join(f"_{k}={v}" for k, v in overrides.items()
                                                                       if k != "prepare.max_train_pairs")
     work = make_workdir(name.replace("/", "_"), overrides)
     print(f"work folder: {work}\noverrides: {overrides or 'none'}", flush=True)
+    if args.grid:
+        run_grid(work, GRID)
+        return
 
     timings = {}
     for stage in STAGES:

@@ -123,6 +123,12 @@ def pick_device() -> str:
 # --------------------------------------------------------------------------- reading and validating sources
 
 
+def normalize(text: str) -> str:
+    """Lowercase, punctuation and spacing folded: 'What are the symptoms of X ?' == 'what are the symptoms of x'."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+
 def _line_of_offset(path: Path, offset: int) -> int:
     with open(path, "rb") as f:
         return f.read(offset).count(b"\n") + 1

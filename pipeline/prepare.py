@@ -1,7 +1,8 @@
 """Stage 1, prepare: domain sources -> validated, de-duplicated, leak-free (query, positive, negatives) data.
 
 Reads   params: data.*, model.base, prepare.*; files: data.faq, data.glossary, data.kb (and data.testset)
-Writes  data/prepared/train.jsonl        anchor, positive, negative_1..N (training tuples)
+Writes  data/prepared/train.jsonl        anchor, positive, negative_1..N, group (training tuples; group: the
+                                         split component, for train.group_batches)
         data/prepared/val/               BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv): model selection
         data/prepared/val_noisy/         the same validation questions rewritten the way users type
         data/prepared/test/              BEIR folder: the held-out test set (or a copy of data.testset)
@@ -12,6 +13,7 @@ Writes  data/prepared/train.jsonl        anchor, positive, negative_1..N (traini
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -26,6 +28,7 @@ from pipeline.common import (
     atomic_dir,
     load_model,
     load_params,
+    normalize,
     read_beir,
     read_kb,
     read_records,
@@ -39,11 +42,6 @@ log = logging.getLogger("pipeline.prepare")
 OUT_DIR = Path("data/prepared")
 STATS = Path("reports/data_stats.json")
 KB_KINDS = ("kb", "synthetic")  # pairs made from data.kb sections: training only, never test or validation passages
-
-
-def normalize(text: str) -> str:
-    """Lowercase, punctuation and spacing folded: 'What are the symptoms of X ?' == 'what are the symptoms of x'."""
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
 # --------------------------------------------------------------------------- 1. sources -> pairs
@@ -245,33 +243,86 @@ def leakage_guard(train: pd.DataFrame, held_out_queries: list[str], model, thres
 # --------------------------------------------------------------------------- 4. hard negatives
 
 
+def bm25_candidates(train: pd.DataFrame, model, cfg: dict) -> tuple[dict, dict]:
+    """Each pair's top BM25 passages (bm25s, as the BM25 baseline), scored by the base model for the margin.
+
+    Lexical neighbours are what a keyword search confuses with the answer: another disease's page with the same
+    words. The margin is applied on the base model's cosine, as for the model's own candidates, so a passage that
+    means the same as the positive is not taken however BM25 ranked it.
+    """
+    from pipeline.retrieval import bm25_run, ranked
+
+    passages = list(dict.fromkeys(train["positive"]))
+    row_ids = [str(i) for i in range(len(train))]
+    run = bm25_run({str(i): p for i, p in enumerate(passages)}, dict(zip(row_ids, train["query"])),
+                   int(cfg["range_max"]))
+    encode = dict(batch_size=int(cfg["batch_size"]), normalize_embeddings=True, convert_to_numpy=True)
+    passage_vectors = model.encode(passages, **encode)
+    anchor_vectors = model.encode(train["query"].tolist(), **encode)
+    position = {p: i for i, p in enumerate(passages)}
+    found, positive_scores = {}, {}
+    for row, anchor, positive in zip(row_ids, train["query"], train["positive"]):
+        vector = anchor_vectors[int(row)]
+        positive_scores[(anchor, positive)] = float(vector @ passage_vectors[position[positive]])
+        candidates = [(passages[int(d)], float(vector @ passage_vectors[int(d)])) for d in ranked(run[row])]
+        found[(anchor, positive)] = [(d, s) for d, s in candidates if d != positive and within_margin(
+            s, positive_scores[(anchor, positive)], cfg)][: int(cfg["candidates"])]
+    return found, positive_scores
+
+
+def within_margin(score: float, positive_score: float, cfg: dict) -> bool:
+    """mine_hard_negatives' margins: a candidate must score below the positive by this much to be a negative."""
+    if cfg.get("absolute_margin") is not None and score > positive_score - float(cfg["absolute_margin"]):
+        return False
+    if cfg.get("relative_margin") is not None and score > positive_score * (1 - float(cfg["relative_margin"])):
+        return False
+    return True
+
+
 def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: dict) -> pd.DataFrame:
-    """Mine negatives with sentence-transformers, then drop any from the positive's own group.
+    """Mine negatives with the base model (sentence-transformers), BM25 or both, then drop any from the positive's
+    own group.
 
     mine_hard_negatives returns ranked candidates (with a margin below the positive's score, so paraphrases of
     the positive are not taken); it knows nothing of groups, so we keep the best candidates from *other* groups.
-    A pair with too few gets random passages from other groups and is counted as missing.
+    With both miners, the two ranked lists take turns. A pair with too few gets random passages from other groups
+    and is counted as missing.
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
-    num = int(cfg["num"])
+    num, miner = int(cfg["num"]), cfg.get("miner", "model")
+    if miner not in ("model", "bm25", "both"):
+        raise InputError(f"params.yaml: prepare.negatives.miner {miner!r} is not one of model, bm25, both")
     if num == 0:
         stats["negatives"] = {"per_pair": 0}
-        return train[["query", "positive"]].rename(columns={"query": "anchor"})
+        return train[["query", "positive", "group_id"]].rename(columns={"query": "anchor", "group_id": "group"})
     group_of = dict(zip(train["positive"], train["group_id"]))
-    dataset = Dataset.from_dict({"anchor": train["query"].tolist(), "positive": train["positive"].tolist()})
-    mined = mine_hard_negatives(
-        dataset, model, range_max=int(cfg["range_max"]), num_negatives=int(cfg["candidates"]),
-        relative_margin=cfg.get("relative_margin"), absolute_margin=cfg.get("absolute_margin"),
-        sampling_strategy="top", output_format="labeled-list", output_scores=True,
-        batch_size=int(cfg["batch_size"]), use_faiss=False, verbose=True,
-    )
-    found: dict[tuple[str, str], tuple[list[str], list[float], float]] = {}
-    for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
-        positive, candidates = docs[0], list(zip(docs[1:], scores[1:]))
-        kept = [(d, s) for d, s in candidates if group_of.get(d) != group_of[positive]][:num]
-        found[(anchor, positive)] = ([d for d, _ in kept], [s for _, s in kept], scores[0])
+    candidates: list[dict[tuple[str, str], list[tuple[str, float]]]] = []
+    positive_scores: dict[tuple[str, str], float] = {}
+    if miner in ("model", "both"):
+        dataset = Dataset.from_dict({"anchor": train["query"].tolist(), "positive": train["positive"].tolist()})
+        mined = mine_hard_negatives(
+            dataset, model, range_max=int(cfg["range_max"]), num_negatives=int(cfg["candidates"]),
+            relative_margin=cfg.get("relative_margin"), absolute_margin=cfg.get("absolute_margin"),
+            sampling_strategy="top", output_format="labeled-list", output_scores=True,
+            batch_size=int(cfg["batch_size"]), use_faiss=False, verbose=True,
+        )
+        by_model = {}
+        for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
+            by_model[(anchor, docs[0])] = list(zip(docs[1:], scores[1:]))
+            positive_scores[(anchor, docs[0])] = scores[0]
+        candidates.append(by_model)
+    if miner in ("bm25", "both"):
+        by_bm25, bm25_positive_scores = bm25_candidates(train, model, cfg)
+        candidates.append(by_bm25)
+        positive_scores = positive_scores or bm25_positive_scores
+    found: dict[tuple[str, str], tuple[list[str], list[float], float | None]] = {}
+    for key in zip(train["query"], train["positive"]):
+        lists = [c.get(key, []) for c in candidates]
+        merged = [pair for turn in itertools.zip_longest(*lists) for pair in turn if pair is not None]
+        kept = list({d: s for d, s in merged if group_of.get(d) != group_of[key[1]]}.items())[:num]
+        found[key] = ([d for d, _ in kept], [s for _, s in kept], positive_scores.get(key))
     rng = np.random.default_rng(seed)
     passages = train["positive"].to_numpy()
     rows, missing, pos_scores, neg_scores = [], 0, [], []
@@ -286,7 +337,8 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
                 cand = passages[rng.integers(len(passages))]
                 if group_of[cand] != gid and cand not in negs:
                     negs.append(cand)
-        rows.append({"anchor": anchor, "positive": positive, **{f"negative_{i + 1}": n for i, n in enumerate(negs)}})
+        rows.append({"anchor": anchor, "positive": positive, **{f"negative_{i + 1}": n for i, n in enumerate(negs)},
+                     "group": gid})
     describe = lambda xs: {k: round(float(v), 4) for k, v in pd.Series(xs, dtype=float).describe().items() if k != "count"}
     stats["negatives"] = {
         "per_pair": num,
@@ -395,7 +447,7 @@ def main() -> None:
     if train.empty:
         raise InputError("no training pairs left after splitting and the leakage guard")
 
-    # 4. Hard negatives from the base model, never from the positive's own group
+    # 4. Hard negatives from the base model and/or BM25, never from the positive's own group
     tuples = add_hard_negatives(train, model, cfg["negatives"], seed, stats)
 
     # 5. Noisy validation queries (rules, seeded; never drawn from the test split)

@@ -13,17 +13,22 @@ The story, in the order of the sentence-transformers training examples:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset
+from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from pipeline.common import InputError, atomic_dir, load_model, load_params, read_beir, read_jsonl, run_main
+from pipeline.common import (InputError, atomic_dir, load_model, load_params, normalize, read_beir, read_jsonl,
+                             run_main)
 
 log = logging.getLogger("pipeline.train")
 PREPARED = Path("data/prepared")
@@ -49,6 +54,73 @@ def dvclive_callback(live):
             live.make_summary()
 
     return StepAlignedDVCLive()
+
+
+class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
+    """Batches made of whole groups (one FAQ focus, one document), as in topic-aware sampling (TAS-B,
+    Hofstätter et al. 2021), with no text twice in a batch.
+
+    With random batches a question almost never meets the other answers about its own subject, so in-batch
+    negatives teach "which disease" but not "which question about it" (symptoms, causes, treatment, genetics),
+    which is most of what the base model gets wrong. Here the groups are shuffled, each one's rows stay together,
+    and the stream is cut into batches: those answers become the in-batch negatives, at no extra encoding cost
+    (a mined negative doubles the passages per pair). sentence-transformers has no such sampler for in-batch
+    negative losses: GROUP_BY_LABEL deals labels two rows at a time for the triplet losses.
+    As NO_DUPLICATES, a row whose text is already in the batch waits for the next one; so does a row whose
+    normalised question is: a question asked twice with two answers has two right answers, neither a negative.
+    """
+
+    def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
+                 groups=None):
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        self.groups = list(groups)
+        # what may not repeat within a batch, per row: every text, and the normalised question
+        self.keys = [{"q:" + normalize(row[0])} | {"t:" + text for text in row} for row in zip(
+            *(dataset[c] for c in dataset.column_names if c not in (valid_label_columns or [])))]
+
+    def __len__(self) -> int:
+        return len(self.groups) // self.batch_size if self.drop_last else math.ceil(len(self.groups) / self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed + self.epoch)
+        members = defaultdict(list)
+        for row, group in enumerate(self.groups):
+            members[group].append(row)
+        order = list(members)
+        rng.shuffle(order)
+        pending = [int(row) for group in order for row in rng.permutation(members[group])]
+        while pending:
+            # take rows in stream order; a clashing row waits and goes first in the next batch
+            batch, seen, waiting = [], set(), []
+            for i, row in enumerate(pending):
+                if len(batch) == self.batch_size:
+                    waiting += pending[i:]
+                    break
+                if self.keys[row] & seen:
+                    waiting.append(row)
+                else:
+                    batch.append(row)
+                    seen |= self.keys[row]
+            pending = waiting
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
+
+
+def training_precision(setting: str) -> str:
+    """bf16 autocast where the hardware computes it natively (a CUDA GPU, or a CPU with AVX512-BF16 or AMX),
+    else fp32. On such a CPU bf16 trains about 1.5x faster (bench/README.md); emulated it is slower than fp32."""
+    if setting not in ("auto", "fp32", "bf16"):
+        raise InputError(f"params.yaml: train.precision {setting!r} is not one of auto, fp32, bf16")
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if " avx512_bf16" in flags or " amx_bf16" in flags else "fp32"
 
 
 def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
@@ -106,9 +178,13 @@ def main() -> None:
         batch_size=64, show_progress_bar=False, write_csv=False,
     )
 
-    # 3. Loss
+    # 3. Loss, and how batches are drawn: in-batch negatives are only negatives if no text repeats in a batch
     loss, train_dataset = build_loss(cfg["loss"], model, train_rows, cfg)
     log.info("%d training rows, columns %s, loss %s", len(train_dataset), train_dataset.column_names, cfg["loss"])
+    batch_sampler = BatchSamplers.NO_DUPLICATES
+    if cfg["group_batches"] and "MultipleNegativesRankingLoss" in cfg["loss"] and "group" in train_rows[0]:
+        batch_sampler = functools.partial(GroupedNoDuplicatesBatchSampler, groups=[r["group"] for r in train_rows])
+        log.info("batches of whole groups: %d groups", len({r["group"] for r in train_rows}))
 
     # 4. Training arguments
     batch_size = int(cfg["batch_size"])
@@ -116,7 +192,7 @@ def main() -> None:
     if int(cfg["max_steps"]) > 0:
         steps = min(steps, int(cfg["max_steps"]))
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    precision = training_precision(cfg["precision"])
     checkpoints = Path(tempfile.mkdtemp(prefix="checkpoints-"))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
@@ -124,10 +200,10 @@ def main() -> None:
         max_steps=int(cfg["max_steps"]),
         per_device_train_batch_size=batch_size,
         learning_rate=float(cfg["learning_rate"]),
-        warmup_ratio=float(cfg["warmup_ratio"]),
-        bf16=bf16,
-        # in-batch negatives are only negatives if the batch holds no repeated text
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        warmup_steps=float(cfg["warmup_ratio"]),  # transformers 5: a float below 1 is a fraction of the steps
+        bf16=precision == "bf16",
+        use_cpu=model.device.type == "cpu",  # transformers only allows bf16 on the CPU when told so
+        batch_sampler=batch_sampler,
         eval_strategy="steps",
         eval_steps=eval_steps,
         eval_on_start=True,
@@ -157,16 +233,19 @@ def main() -> None:
         train_seconds = time.perf_counter() - start
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
         before, best = history[0][f"eval_{BEST_METRIC}"], trainer.state.best_metric
+        at_best = max(history, key=lambda h: h[f"eval_{BEST_METRIC}"])
         log.info("validation NDCG@10: %.4f before, %.4f best (step %s); %.1f min training",
                  before, best, trainer.state.best_global_step, train_seconds / 60)
         live.summary = {
             "val_ndcg@10_before": round(before, 4),
             "val_ndcg@10_best": round(float(best), 4),
+            "val_mrr@10_best": round(float(at_best["eval_val_cosine_mrr@10"]), 4),
             "best_step": int(trainer.state.best_global_step or 0),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
             "pairs_per_second": round(trainer.state.global_step * batch_size / train_seconds, 2),
             "device": str(model.device.type),
+            "precision": precision,
         }
 
     # 8. Save the best checkpoint (loaded back by load_best_model_at_end) as safetensors

@@ -81,7 +81,8 @@ def test_beir_from_pairs_merges_repeated_questions_and_caps_the_corpus():
     assert {corpus[d] for d in qrels[qx]} == {"ax1", "ax2"}
 
 
-def test_hard_negatives_never_come_from_the_positive_group(tiny_model):
+@pytest.mark.parametrize("miner", ["model", "bm25", "both"])
+def test_hard_negatives_never_come_from_the_positive_group(tiny_model, miner):
     from pipeline.common import load_model
 
     rows = []
@@ -91,16 +92,39 @@ def test_hard_negatives_never_come_from_the_positive_group(tiny_model):
                          "group_id": g})
     train = pd.DataFrame(rows)
     stats = {}
-    cfg = {"num": 2, "candidates": 10, "range_max": 20, "relative_margin": None, "absolute_margin": None,
-           "batch_size": 32}
+    cfg = {"num": 2, "miner": miner, "candidates": 10, "range_max": 20, "relative_margin": None,
+           "absolute_margin": None, "batch_size": 32}
     tuples = add_hard_negatives(train, load_model(tiny_model, device="cpu"), cfg, seed=0, stats=stats)
     group_of = dict(zip(train["positive"], train["group_id"]))
-    assert list(tuples.columns) == ["anchor", "positive", "negative_1", "negative_2"]
+    assert list(tuples.columns) == ["anchor", "positive", "negative_1", "negative_2", "group"]
+    assert tuples["group"].tolist() == train["group_id"].tolist()
     assert len(tuples) == len(train)
     for r in tuples.itertuples():
         assert group_of[r.negative_1] != group_of[r.positive] and group_of[r.negative_2] != group_of[r.positive]
         assert r.negative_1 != r.negative_2
     assert stats["negatives"]["pairs_with_all_hard_negatives"] + stats["negatives"]["pairs_missing_hard_negatives"] == 24
+    assert stats["negatives"]["pairs_with_all_hard_negatives"] > 0 and stats["negatives"]["positive_score"]
+
+
+def test_bm25_candidates_are_lexical_neighbours_outside_the_margin(tiny_model):
+    """BM25 ranks the passage sharing the rare word first; the base-model margin then drops near-copies."""
+    from pipeline.common import load_model
+    from pipeline.prepare import bm25_candidates
+
+    train = pd.DataFrame({
+        "query": ["How is parvovirus spread?", "What is panleukopenia?", "Can horses get strangles?"],
+        "positive": ["Parvovirus spreads through infected faeces.", "Panleukopenia is feline parvovirus disease.",
+                     "Strangles is a bacterial infection of horses."],
+    })
+    model = load_model(tiny_model, device="cpu")
+    cfg = {"range_max": 3, "candidates": 5, "relative_margin": None, "absolute_margin": None, "batch_size": 8}
+    found, positive_scores = bm25_candidates(train, model, cfg)
+    first = found[("How is parvovirus spread?", "Parvovirus spreads through infected faeces.")]
+    assert first[0][0] == "Panleukopenia is feline parvovirus disease."  # the only other passage naming parvovirus
+    assert all(d != "Parvovirus spreads through infected faeces." for d, _ in first)
+    # an absolute margin larger than any cosine gap leaves no candidate
+    strict, _ = bm25_candidates(train, model, {**cfg, "absolute_margin": 2.0})
+    assert all(not c for c in strict.values()) and len(positive_scores) == 3
 
 
 def test_noisy_rewrite_is_seeded_and_noisy():

@@ -43,3 +43,52 @@ def test_pairs_without_negatives_and_bad_names(model):
         build_loss("TripletLoss", model, pairs, CFG)
     with pytest.raises(InputError, match="'ContrastiveLos' is not one of"):
         build_loss("ContrastiveLos", model, ROWS, CFG)
+
+
+def grouped_batches(rows, groups, batch_size, epoch=0, drop_last=False):
+    from datasets import Dataset
+
+    from pipeline.train import GroupedNoDuplicatesBatchSampler
+
+    data = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive")})
+    sampler = GroupedNoDuplicatesBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=7, groups=groups)
+    sampler.set_epoch(epoch)
+    return list(sampler), sampler
+
+
+def test_grouped_batches_keep_groups_together_and_cover_every_row():
+    # 6 groups of 4 rows, batches of 8: with groups kept whole, each batch is exactly 2 groups
+    rows = [{"anchor": f"question {i} of topic {g}", "positive": f"answer {i} of topic {g}"}
+            for g in range(6) for i in range(4)]
+    groups = [g for g in range(6) for _ in range(4)]
+    batches, sampler = grouped_batches(rows, groups, 8)
+    assert sorted(i for b in batches for i in b) == list(range(24)) and len(sampler) == len(batches) == 3
+    for batch in batches:
+        assert all(isinstance(i, int) for i in batch)
+        assert len({groups[i] for i in batch}) == 2
+    # seeded per epoch: the same epoch repeats, the next one is shuffled differently
+    assert grouped_batches(rows, groups, 8)[0] == batches
+    assert grouped_batches(rows, groups, 8, epoch=1)[0] != batches
+
+
+def test_grouped_batches_never_repeat_a_text_or_a_normalised_question():
+    # one group whose rows repeat a passage and ask one question twice ("What is X?" / "what is x")
+    rows = [{"anchor": "What is X?", "positive": "X is a virus."},
+            {"anchor": "what is x", "positive": "X, a virus of dogs."},
+            {"anchor": "How is X spread?", "positive": "X is a virus."},
+            {"anchor": "How is X treated?", "positive": "Fluids and rest."}]
+    batches, _ = grouped_batches(rows, [0, 0, 0, 0], 4)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3]
+    for batch in batches:
+        assert not ({0, 1} <= set(batch) or {0, 2} <= set(batch))
+    batches, _ = grouped_batches(rows, [0, 0, 0, 0], 4, drop_last=True)
+    assert all(len(b) == 4 for b in batches) and batches == []
+
+
+def test_training_precision():
+    from pipeline.train import training_precision
+
+    assert training_precision("fp32") == "fp32" and training_precision("bf16") == "bf16"
+    assert training_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(InputError, match="train.precision 'fp16' is not one of auto, fp32, bf16"):
+        training_precision("fp16")
