@@ -98,14 +98,17 @@ def print_summary(work: Path) -> None:
 
 # The ablation grid (`--grid`): each entry is queued with `dvc exp run --queue` in one work folder and run in turn
 # by `dvc queue start`; prepare runs once per distinct prepare.* and comes from DVC's run cache after that.
-GRID = [
-    ("random batches, 1 epoch", {"train.group_batches": False}),
-    ("grouped batches, 1 epoch", {}),
-    ("grouped batches, 2 epochs", {"train.epochs": 2}),
-    ("grouped batches, 1 epoch, 1 BM25-mined negative", {"prepare.negatives.num": 1, "prepare.negatives.miner": "bm25"}),
+GRID = [  # every entry names its epochs and batches, so the grid means the same whatever the defaults are
+    ("random batches, 1 epoch", {"train.group_batches": False, "train.epochs": 1}),
+    ("grouped batches, 1 epoch", {"train.group_batches": True, "train.epochs": 1}),
+    ("grouped batches, 2 epochs", {"train.group_batches": True, "train.epochs": 2}),
+    ("grouped batches, 1 epoch, 1 BM25-mined negative",
+     {"train.group_batches": True, "train.epochs": 1, "prepare.negatives.num": 1, "prepare.negatives.miner": "bm25"}),
     ("grouped batches, 1 epoch, Cached MNRL, batch 256",
-     {"train.loss": "CachedMultipleNegativesRankingLoss", "train.batch_size": 256}),
-    ("grouped batches, 1 epoch, 1 base-model-mined negative", {"prepare.negatives.num": 1, "prepare.negatives.miner": "model"}),
+     {"train.group_batches": True, "train.epochs": 1, "train.loss": "CachedMultipleNegativesRankingLoss",
+      "train.batch_size": 256}),
+    ("grouped batches, 1 epoch, 1 base-model-mined negative",
+     {"train.group_batches": True, "train.epochs": 1, "prepare.negatives.num": 1, "prepare.negatives.miner": "model"}),
 ]
 GRID_COLUMNS = {  # dvc exp show column -> table column: validation only, the split the recipe is chosen on
     "reports/train/metrics.json:val_mrr@10_best": "val MRR@10",
@@ -157,7 +160,10 @@ def print_grid(work: Path, entries: list[tuple[str, dict]]) -> None:
         row = table.loc[f"grid-{i}"] if f"grid-{i}" in table.index else None
         values = {col: grid_value(row, key) for key, col in GRID_COLUMNS.items()}
         rows.append({"run": label, "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()) or "-", **values})
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+    table = pd.DataFrame(rows)
+    for column in ("best step", "steps"):
+        table[column] = table[column].map(lambda v: "-" if pd.isna(v) else str(int(float(v))))
+    print(table.to_markdown(index=False, floatfmt=".4f"))
 
 
 def main() -> None:
