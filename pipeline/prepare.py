@@ -248,7 +248,8 @@ def bm25_candidates(train: pd.DataFrame, model, cfg: dict) -> tuple[dict, dict]:
 
     Lexical neighbours are what a keyword search confuses with the answer: another disease's page with the same
     words. The margin is applied on the base model's cosine, as for the model's own candidates, so a passage that
-    means the same as the positive is not taken however BM25 ranked it.
+    means the same as the positive is not taken however BM25 ranked it. (With miner `both` the passages are encoded
+    a second time: mine_hard_negatives does not hand back its embeddings.)
     """
     from pipeline.retrieval import bm25_run, ranked
 
