@@ -292,7 +292,7 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
-    num, miner = int(cfg["num"]), cfg.get("miner", "model")
+    num, miner = int(cfg["num"]), cfg["miner"]
     if miner not in ("model", "bm25", "both"):
         raise InputError(f"params.yaml: prepare.negatives.miner {miner!r} is not one of model, bm25, both")
     if num == 0:

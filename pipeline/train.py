@@ -232,8 +232,8 @@ def main() -> None:
         trainer.train()
         train_seconds = time.perf_counter() - start
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
-        before, best = history[0][f"eval_{BEST_METRIC}"], trainer.state.best_metric
-        at_best = max(history, key=lambda h: h[f"eval_{BEST_METRIC}"])
+        at_best = max(history, key=lambda h: h[f"eval_{BEST_METRIC}"])  # the checkpoint load_best_model_at_end kept
+        before, best = history[0][f"eval_{BEST_METRIC}"], at_best[f"eval_{BEST_METRIC}"]
         log.info("validation NDCG@10: %.4f before, %.4f best (step %s); %.1f min training",
                  before, best, trainer.state.best_global_step, train_seconds / 60)
         live.summary = {
