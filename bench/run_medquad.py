@@ -98,17 +98,28 @@ def print_summary(work: Path) -> None:
 
 # The ablation grid (`--grid`): each entry is queued with `dvc exp run --queue` in one work folder and run in turn
 # by `dvc queue start`; prepare runs once per distinct prepare.* and comes from DVC's run cache after that.
-GRID = [  # every entry names its epochs and batches, so the grid means the same whatever the defaults are
-    ("random batches, 1 epoch", {"train.group_batches": False, "train.epochs": 1}),
-    ("grouped batches, 1 epoch", {"train.group_batches": True, "train.epochs": 1}),
-    ("grouped batches, 2 epochs", {"train.group_batches": True, "train.epochs": 2}),
+CLASSIC = {"train.directions": ["query_to_doc"]}  # classic MNRL: query -> passages only
+GTE = {"train.directions": ["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"]}
+GRID = [  # every entry names its loss terms, epochs and batches, so it means the same whatever the defaults are
+    ("random batches, 1 epoch", {**CLASSIC, "train.group_batches": False, "train.epochs": 1}),
+    ("grouped batches, 1 epoch", {**CLASSIC, "train.group_batches": True, "train.epochs": 1}),
+    ("grouped batches, 2 epochs", {**CLASSIC, "train.group_batches": True, "train.epochs": 2}),
     ("grouped batches, 1 epoch, 1 BM25-mined negative",
-     {"train.group_batches": True, "train.epochs": 1, "prepare.negatives.num": 1, "prepare.negatives.miner": "bm25"}),
+     {**CLASSIC, "train.group_batches": True, "train.epochs": 1, "prepare.negatives.num": 1,
+      "prepare.negatives.miner": "bm25"}),
     ("grouped batches, 1 epoch, Cached MNRL, batch 256",
-     {"train.group_batches": True, "train.epochs": 1, "train.loss": "CachedMultipleNegativesRankingLoss",
+     {**CLASSIC, "train.group_batches": True, "train.epochs": 1, "train.loss": "CachedMultipleNegativesRankingLoss",
       "train.batch_size": 256}),
     ("grouped batches, 1 epoch, 1 base-model-mined negative",
-     {"train.group_batches": True, "train.epochs": 1, "prepare.negatives.num": 1, "prepare.negatives.miner": "model"}),
+     {**CLASSIC, "train.group_batches": True, "train.epochs": 1, "prepare.negatives.num": 1,
+      "prepare.negatives.miner": "model"}),
+    ("grouped batches, 1 epoch, GTE loss (both ways + same-type negatives)",
+     {**GTE, "train.group_batches": True, "train.epochs": 1}),
+    ("grouped batches, 1 epoch, hardness-weighted in-batch negatives (strength 9)",
+     {**CLASSIC, "train.group_batches": True, "train.epochs": 1, "train.hardness_mode": "in_batch_negatives",
+      "train.hardness_strength": 9}),
+    ("grouped batches, 1 epoch, learning rate 1e-4",
+     {**CLASSIC, "train.group_batches": True, "train.epochs": 1, "train.learning_rate": 1e-4}),
 ]
 GRID_COLUMNS = {  # dvc exp show column -> table column: validation only, the split the recipe is chosen on
     "reports/train/metrics.json:val_mrr@10_best": "val MRR@10",
@@ -159,7 +170,8 @@ def print_grid(work: Path, entries: list[tuple[str, dict]]) -> None:
     for i, (label, overrides) in enumerate(entries):
         row = table.loc[f"grid-{i}"] if f"grid-{i}" in table.index else None
         values = {col: grid_value(row, key) for key, col in GRID_COLUMNS.items()}
-        rows.append({"run": label, "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()) or "-", **values})
+        rows.append({"run": label, "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()
+                                                           if k != "train.directions") or "-", **values})
     table = pd.DataFrame(rows)
     for column in ("best step", "steps"):
         table[column] = table[column].map(lambda v: "-" if pd.isna(v) else str(int(float(v))))

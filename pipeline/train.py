@@ -123,17 +123,31 @@ def training_precision(setting: str) -> str:
     return "bf16" if " avx512_bf16" in flags or " amx_bf16" in flags else "fp32"
 
 
+def in_batch_negatives_loss(name: str, model, cfg: dict):
+    """(Cached)MultipleNegativesRankingLoss with the options params.yaml gives, passed to sentence-transformers as
+    they are: which similarity terms enter the softmax (GTE: all four directions), its scale (= 1/temperature), and
+    hardness weighting of the negatives (Lan et al. 2025)."""
+    from sentence_transformers.sentence_transformer import losses
+
+    options = {"scale": float(cfg["scale"]), "directions": tuple(cfg["directions"]),
+               "hardness_mode": cfg["hardness_mode"], "hardness_strength": float(cfg["hardness_strength"])}
+    if name == "CachedMultipleNegativesRankingLoss":
+        # GradCache: a large effective batch (more in-batch negatives) in the memory of a small one
+        options["mini_batch_size"] = int(cfg["mini_batch_size"])
+    try:
+        return getattr(losses, name)(model, **options)
+    except ValueError as e:  # the library's own check of the options
+        raise InputError(f"params.yaml: train: {e}") from None
+
+
 def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
     """The loss named in params, and the training dataset in the column layout that loss expects."""
     from sentence_transformers.sentence_transformer import losses
 
     negatives = sorted(k for k in train_rows[0] if k.startswith("negative_"))
     columns = ["anchor", "positive", *negatives]
-    if name == "MultipleNegativesRankingLoss":
-        loss = losses.MultipleNegativesRankingLoss(model)
-    elif name == "CachedMultipleNegativesRankingLoss":
-        # GradCache: a large effective batch (more in-batch negatives) in the memory of a small one
-        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=int(cfg["mini_batch_size"]))
+    if name in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"):
+        loss = in_batch_negatives_loss(name, model, cfg)
     elif name == "TripletLoss":
         if not negatives:
             raise InputError("params.yaml: train.loss TripletLoss needs prepare.negatives.num >= 1")

@@ -8,7 +8,8 @@ from pipeline.common import InputError, load_model
 from pipeline.train import build_loss
 
 ROWS = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(4)]
-CFG = {"mini_batch_size": 2, "matryoshka_dims": None}
+CFG = {"mini_batch_size": 2, "matryoshka_dims": None, "scale": 20.0, "directions": ["query_to_doc"],
+       "hardness_mode": None, "hardness_strength": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,26 @@ def test_loss_and_dataset_layout(model, name, columns, rows):
 def test_matryoshka_wraps_the_loss(model):
     loss, _ = build_loss("MultipleNegativesRankingLoss", model, ROWS, dict(CFG, matryoshka_dims=[32, 16]))
     assert type(loss).__name__ == "MatryoshkaLoss"
+
+
+def test_loss_options_change_the_loss_and_bad_ones_fail(model):
+    """directions/scale/hardness from params reach the library loss: on the same batch they give another value."""
+    from sentence_transformers.sentence_transformer import losses
+
+    features = [model.tokenize([r[c] for r in ROWS]) for c in ("anchor", "positive")]
+    gte = dict(CFG, directions=["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"])
+    hard = dict(CFG, hardness_mode="in_batch_negatives", hardness_strength=9)
+    value = {}
+    for name, cfg in [("default", CFG), ("gte", gte), ("hard", hard), ("scale", dict(CFG, scale=50.0))]:
+        loss, _ = build_loss("MultipleNegativesRankingLoss", model, ROWS, cfg)
+        value[name] = loss(features, labels=None).item()
+    reference = losses.MultipleNegativesRankingLoss(model)(features, labels=None).item()
+    assert value["default"] == pytest.approx(reference)
+    assert all(abs(value[k] - value["default"]) > 1e-4 for k in ("gte", "hard", "scale"))
+    cached, _ = build_loss("CachedMultipleNegativesRankingLoss", model, ROWS, gte)
+    assert cached.directions == tuple(gte["directions"]) and cached.mini_batch_size == 2
+    with pytest.raises(InputError, match="params.yaml: train: Invalid directions"):
+        build_loss("MultipleNegativesRankingLoss", model, ROWS, dict(CFG, directions=["query_to_docs"]))
 
 
 def test_pairs_without_negatives_and_bad_names(model):
