@@ -171,7 +171,7 @@ def print_grid(work: Path, entries: list[tuple[str, dict]]) -> None:
         row = table.loc[f"grid-{i}"] if f"grid-{i}" in table.index else None
         values = {col: grid_value(row, key) for key, col in GRID_COLUMNS.items()}
         rows.append({"run": label, "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()
-                                                           if k != "train.directions") or "-", **values})
+                                                           if (k, v) not in CLASSIC.items()) or "-", **values})
     table = pd.DataFrame(rows)
     for column in ("best step", "steps"):
         table[column] = table[column].map(lambda v: "-" if pd.isna(v) else str(int(float(v))))
