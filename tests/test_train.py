@@ -113,3 +113,30 @@ def test_training_precision():
     assert training_precision("auto") in ("fp32", "bf16")
     with pytest.raises(InputError, match="train.precision 'fp16' is not one of auto, fp32, bf16"):
         training_precision("fp16")
+
+
+def test_dropout_param_reaches_every_layer(tiny_model):
+    """train.dropout 0 makes a training-mode forward pass deterministic; null keeps the model's own; bad values fail."""
+    import torch
+
+    from pipeline.train import set_dropout
+
+    def two_passes(model):
+        model.train()
+        features = model.tokenize(["a question about a cat", "a second, longer question about a dog"])
+        return [model(dict(features))["sentence_embedding"] for _ in range(2)]
+
+    torch.manual_seed(0)
+    kept = load_model(tiny_model, device="cpu")
+    assert set_dropout(kept, None) == 0
+    first, second = two_passes(kept)
+    assert not torch.allclose(first, second)  # BERT's own 0.1 dropout is on in training mode
+    model = load_model(tiny_model, device="cpu")
+    assert set_dropout(model, 0.0) >= 5  # embeddings, and per layer attention and two hidden dropouts
+    first, second = two_passes(model)
+    assert torch.allclose(first, second)
+    config = model[0].auto_model.config
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
+    for bad in (1.0, -0.1, "none"):
+        with pytest.raises(InputError, match="train.dropout"):
+            set_dropout(model, bad)
