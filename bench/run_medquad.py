@@ -29,7 +29,7 @@ from pipeline.common import set_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
-STAGES = ["prepare", "train", "baselines", "evaluate", "index"]
+STAGES = ["prepare", "train", "baselines", "evaluate", "index", "index_base"]
 # Runs one stage and reports the peak resident memory of the processes it waited for (the stage's python).
 STAGE_WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(['dvc', 'repro', '-s', sys.argv[1]]); "

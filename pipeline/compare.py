@@ -9,7 +9,8 @@ import argparse
 import textwrap
 
 from pipeline.common import run_main
-from pipeline.search import INDEX_DIR, Searcher, hit_label
+from pipeline.index import INDEX_DIRS
+from pipeline.search import Searcher, hit_label
 
 
 def side_by_side(left: list[dict], right: list[dict], width: int = 58) -> str:
@@ -31,9 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compare base and fine-tuned retrieval for one query.")
     parser.add_argument("query")
     parser.add_argument("-k", type=int, default=3)
-    parser.add_argument("--index", default=str(INDEX_DIR))
+    parser.add_argument("--index", default=str(INDEX_DIRS["finetuned"]), help="the fine-tuned model's index folder")
+    parser.add_argument("--base-index", default=str(INDEX_DIRS["base"]), help="the base model's index folder")
     args = parser.parse_args(argv)
-    base = Searcher(args.index, "base").search(args.query, args.k)
+    base = Searcher(args.base_index, "base").search(args.query, args.k)
     tuned = Searcher(args.index, "finetuned").search(args.query, args.k)
     print(f"query: {args.query}\n")
     print(side_by_side(base, tuned))

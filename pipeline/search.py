@@ -17,18 +17,20 @@ import faiss
 import pandas as pd
 
 from pipeline.common import InputError, load_model, repo_path, run_main
-
-INDEX_DIR = Path("models/index")
+from pipeline.index import INDEX_DIRS
 
 
 class Searcher:
-    """Loads the index, its passages and the model that encoded it; `search` returns the top-k passages."""
+    """Loads the index, its passages and the model that encoded it; `search` returns the top-k passages.
+    model: finetuned (models/index/) or base (models/index_base/); index_dir: another folder."""
 
-    def __init__(self, index_dir: str | Path = INDEX_DIR, model: str = "finetuned"):
-        index_dir = repo_path(index_dir)
+    def __init__(self, index_dir: str | Path | None = None, model: str = "finetuned"):
+        if model not in INDEX_DIRS:
+            raise InputError(f"model {model!r}: one of {sorted(INDEX_DIRS)}")
+        index_dir = repo_path(index_dir or INDEX_DIRS[model])
         info_file = index_dir / "info.json"
         if not info_file.is_file():
-            raise InputError(f"{info_file}: no index here; run `dvc repro` (or `python -m pipeline.index`) first")
+            raise InputError(f"{info_file}: no index here; run `dvc repro` (or `python -m pipeline.index {model}`) first")
         info = json.loads(info_file.read_text(encoding="utf-8"))
         if model not in info["models"]:
             raise InputError(f"model {model!r}: the index has {sorted(info['models'])}")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("query")
     parser.add_argument("-k", type=int, default=5, help="passages to return (default 5)")
     parser.add_argument("--model", default="finetuned", choices=["finetuned", "base"])
-    parser.add_argument("--index", default=str(INDEX_DIR), help="index folder (default models/index)")
+    parser.add_argument("--index", default=None, help="index folder (default models/index, or models/index_base)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     hits = Searcher(args.index, args.model).search(args.query, args.k)

@@ -27,8 +27,8 @@ import torch
 from datasets import Dataset
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from pipeline.common import (InputError, atomic_dir, load_model, load_params, normalize, read_beir, read_jsonl,
-                             run_main)
+from pipeline.common import (InputError, atomic_dir, load_model, load_params, normalize, pick_precision, read_beir,
+                             read_jsonl, run_main)
 
 log = logging.getLogger("pipeline.train")
 PREPARED = Path("data/prepared")
@@ -105,22 +105,6 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             pending = waiting
             if len(batch) == self.batch_size or not self.drop_last:
                 yield batch
-
-
-def training_precision(setting: str) -> str:
-    """bf16 autocast where the hardware computes it natively (a CUDA GPU, or a CPU with AVX512-BF16 or AMX),
-    else fp32. On such a CPU bf16 trains about 1.5x faster (bench/README.md); emulated it is slower than fp32."""
-    if setting not in ("auto", "fp32", "bf16"):
-        raise InputError(f"params.yaml: train.precision {setting!r} is not one of auto, fp32, bf16")
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if " avx512_bf16" in flags or " amx_bf16" in flags else "fp32"
 
 
 def set_dropout(model, p) -> int:
@@ -233,7 +217,7 @@ def main() -> None:
     if int(cfg["max_steps"]) > 0:
         steps = min(steps, int(cfg["max_steps"]))
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))
-    precision = training_precision(cfg["precision"])
+    precision = pick_precision(cfg["precision"], "train.precision")
     checkpoints = Path(tempfile.mkdtemp(prefix="checkpoints-"))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),

@@ -17,7 +17,7 @@ import yaml
 from pipeline.common import set_params
 from tests.conftest import ROOT, run
 
-STAGES = ["prepare", "train", "baselines", "evaluate", "index"]
+STAGES = ["prepare", "train", "baselines", "evaluate", "index", "index_base"]
 METRIC_KEYS = ["mrr@10", "ndcg@10", "map@100", "recall@1", "recall@5", "recall@10", "recall@20"]
 
 
@@ -70,7 +70,7 @@ def test_outputs_and_metric_file_shape(repo):
     stats = json.loads((repo / "reports/data_stats.json").read_text())
     assert stats["pairs"]["train"] == 48 and stats["pairs"]["test_queries"] > 0
     assert (repo / "models/finetuned/model.safetensors").is_file()
-    assert (repo / "models/index/finetuned.faiss").is_file() and (repo / "models/index/base.faiss").is_file()
+    assert (repo / "models/index/finetuned.faiss").is_file() and (repo / "models/index_base/base.faiss").is_file()
     assert (repo / "reports/train/plots/metrics/eval/val_cosine_ndcg@10.tsv").is_file()
     for png in ["recall_at_k", "rank_change", "score_distributions", "training_curves"]:
         assert (repo / f"reports/plots/{png}.png").stat().st_size > 1000
@@ -80,8 +80,9 @@ def test_outputs_and_metric_file_shape(repo):
     report = (repo / "reports/report.md").read_text()
     assert "| fine-tuned |" in report and "![recall@k](plots/recall_at_k.png)" in report
     # generated data and models are DVC's, not git's
-    ignored = run(["git", "check-ignore", "data/prepared", "models/finetuned", "models/index", "reports/baselines"], repo)
-    assert len(ignored.stdout.split()) == 4
+    ignored = run(["git", "check-ignore", "data/prepared", "models/finetuned", "models/index", "models/index_base",
+                   "reports/baselines"], repo)
+    assert len(ignored.stdout.split()) == 5
 
 
 def test_second_repro_does_nothing(repo):
@@ -91,7 +92,7 @@ def test_second_repro_does_nothing(repo):
 
 @pytest.mark.parametrize("param, value, expected", [
     ("evaluate.rrf_k", 10, ["evaluate"]),
-    ("index.batch_size", 16, ["index"]),
+    ("index.batch_size", 16, ["index", "index_base"]),
     ("evaluate.depth", 40, ["baselines", "evaluate"]),
     ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index"]),
 ])
@@ -121,6 +122,13 @@ def test_search_and_compare_on_the_built_index(repo):
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert {"title", "text", "source"} <= set(hits[0])
+    base_hits = json.loads(run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3",
+                                "--json", "--model", "base"], repo).stdout)
+    assert [h["rank"] for h in base_hits] == [1, 2, 3]
+    # each index says which model encoded it: the base model's is its own stage's output, not the fine-tuned one's
+    info = {name: json.loads((repo / f"models/{name}/info.json").read_text()) for name in ["index", "index_base"]}
+    assert info["index"]["models"] == {"finetuned": "models/finetuned"}
+    assert info["index_base"]["models"] == {"base": yaml.safe_load((repo / "params.yaml").read_text())["model"]["base"]}
     out = run(["python", "-m", "pipeline.compare", "my cat drinks a lot of water", "-k", "2"], repo)
     assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
 

@@ -106,13 +106,13 @@ def test_grouped_batches_never_repeat_a_text_or_a_normalised_question():
     assert all(len(b) == 4 for b in batches) and batches == []
 
 
-def test_training_precision():
-    from pipeline.train import training_precision
+def test_precision_setting():
+    from pipeline.common import pick_precision
 
-    assert training_precision("fp32") == "fp32" and training_precision("bf16") == "bf16"
-    assert training_precision("auto") in ("fp32", "bf16")
-    with pytest.raises(InputError, match="train.precision 'fp16' is not one of auto, fp32, bf16"):
-        training_precision("fp16")
+    assert pick_precision("fp32", "train.precision") == "fp32" and pick_precision("bf16", "index.precision") == "bf16"
+    assert pick_precision("auto", "train.precision") in ("fp32", "bf16")
+    with pytest.raises(InputError, match="index.precision 'fp16' is not one of auto, fp32, bf16"):
+        pick_precision("fp16", "index.precision")
 
 
 def test_dropout_param_reaches_every_layer(tiny_model):
