@@ -4,7 +4,7 @@ Two stages of dvc.yaml run this module, one per model, so that a new training ru
 with the new model only: the base model's index (for `compare` and `search --model base`) depends on nothing
 training reads, and DVC keeps it, as it keeps the baselines.
 
-Reads   params: data.kb, data.faq, data.faq_columns, model.base, index.*
+Reads   params: data.kb, data.faq, data.faq_columns, index.*, model.base (base)
         files:  data.kb documents (one passage per '## ' section), data.faq answers, models/finetuned/ (finetuned)
 Writes  models/index/        (finetuned) or models/index_base/ (base):
             passages.jsonl   one passage a line: title, heading, text, source (file and section or line)
@@ -25,7 +25,8 @@ import faiss
 import pandas as pd
 import torch
 
-from pipeline.common import atomic_dir, load_model, load_params, pick_precision, read_kb, read_records, run_main, write_json
+from pipeline.common import (atomic_dir, load_model, load_params, pick_precision, read_kb, read_records, run_main,
+                             write_json)
 from pipeline.retrieval import encode
 
 log = logging.getLogger("pipeline.index")

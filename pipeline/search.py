@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Search the knowledge base with the fine-tuned model.")
     parser.add_argument("query")
     parser.add_argument("-k", type=int, default=5, help="passages to return (default 5)")
-    parser.add_argument("--model", default="finetuned", choices=["finetuned", "base"])
+    parser.add_argument("--model", default="finetuned", choices=sorted(INDEX_DIRS))
     parser.add_argument("--index", default=None, help="index folder (default models/index, or models/index_base)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
