@@ -259,6 +259,19 @@ def read_beir(folder: str | Path) -> tuple[dict[str, str], dict[str, str], dict[
     return corpus, queries, qrels
 
 
+def read_topics(folder: str | Path) -> pd.Series | None:
+    """queries.jsonl's optional `topic` field (query id -> topic), or None when no query has one."""
+    df = read_records(repo_path(folder) / "queries.jsonl", {"id": "_id"}, {"topic": "topic"})
+    return df.set_index("id")["topic"].dropna() if "topic" in df else None
+
+
+def beir_passage_texts(folder: str | Path) -> dict[str, str]:
+    """corpus.jsonl's `text` alone, by id (read_beir puts the title in front), to recognise a passage elsewhere."""
+    path = repo_path(folder) / "corpus.jsonl"
+    df = read_records(path, {"id": "_id", "text": "text"})
+    return dict(zip(df["id"], df["text"]))
+
+
 def write_beir(folder: Path, corpus: dict, queries: dict, qrels: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"_id": list(corpus), "title": "", "text": list(corpus.values())}).to_json(

@@ -1,15 +1,19 @@
-"""Stage 3b, evaluate: score the fine-tuned model and a hybrid against the baselines, with intervals.
+"""Stage 3b, evaluate: score the fine-tuned model and a hybrid against the baselines on every held-out set.
 
 Reads   params: evaluate.*
-        files:  data/prepared/{test,val,val_noisy}/, models/finetuned/, reports/baselines/, reports/train/
-Writes  reports/metrics.json     {"base", "finetuned", "bm25", "hybrid", "base_val", "finetuned_val", "base_noisy",
-                                  "finetuned_noisy"}: mrr@10, ndcg@10, map@100, recall@1/5/10/20 each;
-                                 "finetuned_vs_base", "finetuned_vs_bm25", "finetuned_noisy_vs_base_noisy":
-                                 paired delta, 95% bootstrap interval and randomisation-test p-value
-        reports/per_query.csv    every test query: rank of its first relevant passage and reciprocal rank per system
+        files:  data/prepared/{test,testsets/*,val,val_users}/, models/finetuned/, reports/baselines/, reports/train/
+Writes  reports/metrics.json     the main test set (the FAQ split or data.testset) at the top level, as always:
+                                   "base", "finetuned", "bm25", "hybrid": mrr@10, ndcg@10, map@100, recall@1/5/10/20;
+                                   "finetuned_vs_base", "finetuned_vs_bm25": paired delta, 95% bootstrap interval,
+                                   randomisation-test p-value;
+                                 "testsets": {name: the same systems and "finetuned_vs_base"} for data.testsets;
+                                 "base_val", "finetuned_val", "base_val_users", "finetuned_val_users" and
+                                   "finetuned_val_users_vs_base_val_users": the validation sets that chose the model
+        reports/per_query.csv    every query of every held-out set: rank of its first relevant passage and
+                                 reciprocal rank @k per system
         reports/plots/           recall@k curve (CSV for `dvc plots`, PNG), rank change, score distributions,
                                  training curves (PNG)
-        reports/report.md        the one page to show a colleague
+        reports/report.md        the one page to show a colleague: a verdict per held-out set first
 
     python -m pipeline.evaluate
 """
@@ -24,17 +28,17 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from pipeline import report
-from pipeline.common import atomic_dir, atomic_file, load_model, load_params, read_beir, run_main, write_json
+from pipeline.common import atomic_dir, atomic_file, load_model, load_params, read_beir, read_topics, run_main, write_json
 from pipeline.retrieval import (
     dense_run,
     first_relevant_rank,
+    held_out_sets,
     load_run,
     pair_scores,
     per_query_metrics,
     ranked,
     rrf,
     summary,
-    validation_runs,
 )
 
 log = logging.getLogger("pipeline.evaluate")
@@ -49,75 +53,105 @@ REPORT = Path("reports/report.md")
 SYSTEMS = ["base", "finetuned", "bm25", "hybrid"]
 
 
-def paired_test(a: pd.Series, b: pd.Series, samples: int, seed: int) -> dict[str, float]:
-    """Mean of a - b over the same queries, its 95% paired-bootstrap interval and a two-sided randomisation p-value."""
+def paired_test(a: pd.Series, b: pd.Series, samples: int, seed: int, topics: pd.Series | None = None) -> dict[str, float]:
+    """Mean of a - b over the same queries, its 95% paired-bootstrap interval and a two-sided randomisation p-value.
+
+    With `topics` (query id -> topic) the unit resampled is a topic, not a question: questions about one topic are
+    not independent, and counting them as such would make the interval too narrow (a cluster bootstrap).
+    """
     diff = (a - b).to_numpy(dtype=float)
     if np.allclose(diff, 0):
         return {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
-    boot = scipy_stats.bootstrap((diff,), np.mean, n_resamples=samples, confidence_level=0.95,
-                                 method="percentile", rng=np.random.default_rng(seed))
-    # paired randomisation test: under H0 each query's two scores are exchangeable (random sign flips)
-    perm = scipy_stats.permutation_test((a.to_numpy(float), b.to_numpy(float)), lambda x, y, axis: np.mean(x - y, axis=axis),
+    if topics is None:
+        units = pd.Series(np.arange(len(a)), index=a.index)
+    else:
+        units = topics.reindex(a.index).fillna(pd.Series(a.index, index=a.index))
+    frame = pd.DataFrame({"a": a.to_numpy(float), "b": b.to_numpy(float), "unit": units.to_numpy()})
+    per_unit = frame.groupby("unit").agg(a=("a", "sum"), b=("b", "sum"), n=("a", "size"))
+    sums, counts = (per_unit["a"] - per_unit["b"]).to_numpy(), per_unit["n"].to_numpy(float)
+    boot = scipy_stats.bootstrap((sums, counts), lambda s, n, axis: s.sum(axis=axis) / n.sum(axis=axis), paired=True,
+                                 vectorized=True, n_resamples=samples, confidence_level=0.95, method="percentile",
+                                 rng=np.random.default_rng(seed))
+    # paired randomisation test: under H0 the two systems' scores are exchangeable within each unit (sign flips of
+    # a unit's summed difference; with a fixed number of questions its mean is the statistic)
+    perm = scipy_stats.permutation_test((per_unit["a"].to_numpy(), per_unit["b"].to_numpy()),
+                                        lambda x, y, axis: np.mean(x - y, axis=axis),
                                         permutation_type="samples", n_resamples=samples, alternative="two-sided",
                                         vectorized=True, rng=np.random.default_rng(seed))
     return {"delta": round(float(diff.mean()), 4), "ci_low": round(float(boot.confidence_interval.low), 4),
             "ci_high": round(float(boot.confidence_interval.high), 4), "p_value": round(float(perm.pvalue), 4)}
 
 
+def reciprocal_ranks(rank: pd.Series, k: int) -> pd.Series:
+    """1 / rank of the first relevant passage when it is in the top k, else 0: the per-query terms of MRR@k."""
+    return (1.0 / rank).where(rank <= k, 0.0).round(4)
+
+
 def main() -> None:
     cfg = load_params("evaluate")
     depth, batch_size, seed = int(cfg["depth"]), int(cfg["batch_size"]), int(cfg["seed"])
-    headline = [f"mrr@{cfg['mrr_k']}", f"ndcg@{cfg['ndcg_k']}"]
+    samples, mrr_k = int(cfg["bootstrap_samples"]), int(cfg["mrr_k"])
+    headline = [f"mrr@{mrr_k}", f"ndcg@{cfg['ndcg_k']}"]
     model = load_model(str(MODEL_DIR), max_seq_length=int(cfg["max_seq_length"]))
 
-    # 1. Test set: fine-tuned run, the baselines' runs, and the hybrid (BM25 + fine-tuned, RRF)
-    corpus, queries, qrels = read_beir(PREPARED / "test")
-    runs = {"base": load_run(BASELINES / "test_base.json"), "bm25": load_run(BASELINES / "test_bm25.json")}
-    runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size)
-    runs["hybrid"] = rrf([runs["bm25"], runs["finetuned"]], int(cfg["rrf_k"]), depth)
-    scores = {name: per_query_metrics(runs[name], qrels, cfg) for name in SYSTEMS}
-    pairs = {"base": pd.read_csv(BASELINES / "test_base_pair_scores.csv"),
-             "finetuned": pair_scores(runs["finetuned"], qrels, q_emb, c_emb, queries, corpus)}
+    # 1. Every held-out set (the main test set, then data.testsets): fine-tuned run, the baselines' runs, the hybrid
+    metrics: dict = {}
+    tables, scores, main = [], {}, {}
+    for name, folder in held_out_sets(PREPARED).items():
+        corpus, queries, qrels = read_beir(folder)
+        runs = {s: load_run(BASELINES / f"{name}_{s}.json") for s in ("base", "bm25")}
+        runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size)
+        runs["hybrid"] = rrf([runs["bm25"], runs["finetuned"]], int(cfg["rrf_k"]), depth)
+        scores[name] = {s: per_query_metrics(runs[s], qrels, cfg) for s in SYSTEMS}
+        block = {s: summary(scores[name][s], cfg) for s in SYSTEMS}
+        topics = read_topics(folder)
+        for other in ["base", "bm25"] if name == "test" else ["base"]:
+            block[f"finetuned_vs_{other}"] = {m: paired_test(scores[name]["finetuned"][m], scores[name][other][m],
+                                                             samples, seed, topics) for m in headline}
+        if name == "test":
+            metrics.update(block)
+            main = {"runs": runs, "corpus": corpus, "qrels": qrels, "pairs": {
+                "base": pd.read_csv(BASELINES / "test_base_pair_scores.csv"),
+                "finetuned": pair_scores(runs["finetuned"], qrels, q_emb, c_emb, queries, corpus)}}
+        else:
+            metrics.setdefault("testsets", {})[name] = block
+        table = pd.DataFrame({"set": name, "query_id": list(qrels), "query": [queries[q] for q in qrels]})
+        for s in SYSTEMS:
+            table[f"rank_{s}"] = table["query_id"].map(first_relevant_rank(runs[s], qrels))
+        for s in SYSTEMS:
+            table[f"rr@{mrr_k}_{s}"] = reciprocal_ranks(table[f"rank_{s}"], mrr_k)
+        tables.append(table)
+        log.info("%-20s %s", name, "  ".join(f"{s} ndcg@10 {block[s]['ndcg@10']:.4f}" for s in SYSTEMS))
 
-    # 2. Validation questions, clean and noisy (written the way users type): does the gain survive?
-    val_run, noisy_run, val_qrels = validation_runs(model, PREPARED, depth, batch_size)
-    scores["base_val"] = per_query_metrics(load_run(BASELINES / "val_base.json"), val_qrels, cfg)
-    scores["finetuned_val"] = per_query_metrics(val_run, val_qrels, cfg)
-    scores["base_noisy"] = per_query_metrics(load_run(BASELINES / "val_noisy_base.json"), val_qrels, cfg)
-    scores["finetuned_noisy"] = per_query_metrics(noisy_run, val_qrels, cfg)
+    # 2. The validation sets that chose the checkpoint and the merge weight, FAQ-style and as users write
+    for name in ("val", "val_users"):
+        corpus, queries, qrels = read_beir(PREPARED / name)
+        run, _, _ = dense_run(model, corpus, queries, depth, batch_size)
+        scores[name] = {"base": per_query_metrics(load_run(BASELINES / f"{name}_base.json"), qrels, cfg),
+                        "finetuned": per_query_metrics(run, qrels, cfg)}
+        metrics[f"base_{name}"], metrics[f"finetuned_{name}"] = (summary(scores[name][s], cfg) for s in ("base", "finetuned"))
+    metrics["finetuned_val_users_vs_base_val_users"] = {
+        m: paired_test(scores["val_users"]["finetuned"][m], scores["val_users"]["base"][m], samples, seed)
+        for m in headline}
 
-    # 3. Metrics and paired significance
-    metrics = {name: summary(df, cfg) for name, df in scores.items()}
-    samples = int(cfg["bootstrap_samples"])
-    for a, b in [("finetuned", "base"), ("finetuned", "bm25"), ("finetuned_noisy", "base_noisy")]:
-        metrics[f"{a}_vs_{b}"] = {m: paired_test(scores[a][m], scores[b][m], samples, seed) for m in headline}
-    write_json(METRICS, metrics)
-    for name in ["base", "finetuned", "bm25", "hybrid", "base_noisy", "finetuned_noisy"]:
-        log.info("%-16s %s", name, "  ".join(f"{k} {v:.4f}" for k, v in metrics[name].items()))
-
-    # 4. Per-query evidence
-    ranks = {name: first_relevant_rank(runs[name], qrels) for name in SYSTEMS}
-    per_query = pd.DataFrame({"query_id": list(qrels), "query": [queries[q] for q in qrels]})
-    for name in SYSTEMS:
-        per_query[f"rank_{name}"] = per_query["query_id"].map(ranks[name])
-    for name in SYSTEMS:
-        per_query[f"rr_{name}"] = (1.0 / per_query[f"rank_{name}"]).fillna(0.0).round(4)
-    with atomic_file(PER_QUERY) as tmp:
-        per_query.to_csv(tmp, index=False, float_format="%g")
-
-    # 5. Plots and the report
+    # 3. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
+    per_query = pd.concat(tables, ignore_index=True)
+    test_rows = per_query[per_query["set"] == "test"]
     curves = pd.DataFrame({"k": range(1, depth + 1)})
-    for name in SYSTEMS:
-        curves[name] = [round(float(scores[name][f"recall@{k}"].mean()), 4) for k in curves["k"]]
-    with atomic_dir(PLOTS) as plots:
+    for s in SYSTEMS:
+        curves[s] = [round(float(scores["test"][s][f"recall@{k}"].mean()), 4) for k in curves["k"]]
+    best_first = {s: {q: (ranked(run.get(q, {})) or [None])[0] for q in main["qrels"]} for s, run in main["runs"].items()}
+    with atomic_dir(PLOTS) as plots, atomic_file(PER_QUERY) as per_query_tmp, atomic_file(REPORT) as report_tmp, \
+            atomic_file(METRICS) as metrics_tmp:
         curves.to_csv(plots / "recall_at_k.csv", index=False)
         report.plot_recall_curve(curves, plots / "recall_at_k.png")
-        report.plot_rank_change(per_query, depth, plots / "rank_change.png")
-        report.plot_score_distributions(pairs, plots / "score_distributions.png")
+        report.plot_rank_change(test_rows, depth, plots / "rank_change.png")
+        report.plot_score_distributions(main["pairs"], plots / "score_distributions.png")
         report.plot_training_curves(TRAIN_LOGS, plots / "training_curves.png")
-    best_first = {name: {q: (ranked(run.get(q, {})) or [None])[0] for q in qrels} for name, run in runs.items()}
-    with atomic_file(REPORT) as tmp:
-        tmp.write_text(report.markdown(metrics, per_query, best_first, corpus, qrels, cfg, PLOTS.name), encoding="utf-8")
+        per_query.to_csv(per_query_tmp, index=False, float_format="%g")
+        report_tmp.write_text(report.markdown(metrics, test_rows, best_first, main["corpus"], main["qrels"], cfg,
+                                              PLOTS.name, report.read_served(TRAIN_LOGS)), encoding="utf-8")
+        write_json(metrics_tmp, metrics)
     log.info("wrote %s, %s, %s/ and %s", METRICS, PER_QUERY, PLOTS, REPORT)
 
 

@@ -1,12 +1,19 @@
 """Stage 1, prepare: domain sources -> validated, de-duplicated, leak-free (query, positive, negatives) data.
 
-Reads   params: data.*, model.base, prepare.*; files: data.faq, data.glossary, data.kb (and data.testset)
+Reads   params: data.*, model.base, prepare.*; files: data.faq, data.glossary, data.kb, data.testset,
+        data.testsets, data.val_questions
 Writes  data/prepared/train.jsonl        anchor, positive, negative_1..N, group (training tuples; group: the
                                          split component, for train.group_batches)
-        data/prepared/val/               BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv): model selection
-        data/prepared/val_noisy/         the same validation questions rewritten the way users type
-        data/prepared/test/              BEIR folder: the held-out test set (or a copy of data.testset)
+        data/prepared/val/               BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv): FAQ-style validation
+        data/prepared/val_users/         validation questions as users write them: data.val_questions, or messages
+                                         made from the validation pairs (pipeline/user_questions.py)
+        data/prepared/test/              BEIR folder: the held-out FAQ split (or a copy of data.testset)
+        data/prepared/testsets/<name>/   each named test set of data.testsets, validated
         reports/data_stats.json          rows read, dropped and why, pairs per split, negatives found / missing
+
+Every passage judged relevant in a test set or in data.val_questions is held out with its whole topic: the FAQ
+group (and the glossary rows sharing its group value) goes to the test or validation split, and the knowledge-base
+document that holds it is not trained on.
 
     python -m pipeline.prepare
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.common import (
     InputError,
     atomic_dir,
+    beir_passage_texts,
     load_model,
     load_params,
     normalize,
@@ -37,10 +46,12 @@ from pipeline.common import (
     write_beir,
     write_json,
 )
+from pipeline.user_questions import topic_name, user_messages
 
 log = logging.getLogger("pipeline.prepare")
 OUT_DIR = Path("data/prepared")
 STATS = Path("reports/data_stats.json")
+RESERVED = ("test", "val", "val_users")  # names of the prepared sets, not free for data.testsets
 KB_KINDS = ("kb", "synthetic")  # pairs made from data.kb sections: training only, never test or validation passages
 
 
@@ -169,17 +180,26 @@ def connected_groups(pairs: pd.DataFrame) -> np.ndarray:
     return connected_components(graph, directed=False)[1][:n]
 
 
-def split_groups(groups: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
-    """Assign whole groups to splits, shuffled with the seed, until each split holds its fraction of the rows."""
+def split_groups(groups: np.ndarray, fractions: dict[str, float], seed: int, forced: dict | None = None,
+                 eligible: np.ndarray | None = None) -> np.ndarray:
+    """Assign whole groups to splits, shuffled with the seed, until each split holds its fraction of the rows.
+
+    `forced` {group: split} assigns groups first (topics of a test set's relevant passages); they count towards
+    their split's fraction. Only `eligible` groups (default all) are drawn for the held-out splits.
+    """
     rng = np.random.default_rng(seed)
+    forced = forced or {}
     unique, sizes = np.unique(groups, return_counts=True)
     order = rng.permutation(len(unique))
-    split_of_group = np.full(len(unique), "train", dtype=object)
+    split_of_group = np.array([forced.get(g, "train") for g in unique], dtype=object)
     target = {name: frac * len(groups) for name, frac in fractions.items() if frac > 0}
-    filled = dict.fromkeys(target, 0)
+    filled = {name: int(sizes[split_of_group == name].sum()) for name in target}
     names = list(target)
+    allowed = set(unique if eligible is None else eligible) - set(forced)
     i = 0
     for g in order:
+        if unique[g] not in allowed:
+            continue
         while i < len(names) and filled[names[i]] >= target[names[i]]:
             i += 1
         if i == len(names):
@@ -190,19 +210,55 @@ def split_groups(groups: np.ndarray, fractions: dict[str, float], seed: int) -> 
     return np.array([lookup[g] for g in groups])
 
 
-def cap_validation(pairs: pd.DataFrame, max_queries: int, seed: int) -> np.ndarray:
+def cap_validation(pairs: pd.DataFrame, max_queries: int, seed: int, held: set | None = None) -> np.ndarray:
     """Keep whole validation groups up to `max_queries` distinct questions; the rest go back to training.
 
     Validation runs at every check during training, so it is kept small; the groups it does not need are
-    better spent on training (they were never test data, so nothing leaks).
+    better spent on training (they were never test data, so nothing leaks). `held` groups (topics of the user's
+    validation questions) are never trained on: those beyond the cap are set aside ("heldout").
     """
     split = pairs["split"].to_numpy().copy()
     val = pairs[split == "val"]
     questions = val.groupby("group_id")["q_norm"].nunique()
     order = questions.sample(frac=1.0, random_state=seed)
     keep = order.index[(order.cumsum() <= max_queries) | (np.arange(len(order)) == 0)]
-    split[(split == "val") & ~pairs["group_id"].isin(set(keep)).to_numpy()] = "train"
+    dropped = (split == "val") & ~pairs["group_id"].isin(set(keep)).to_numpy()
+    held_rows = pairs["group_id"].isin(held or set()).to_numpy()
+    split[dropped & ~held_rows] = "train"
+    split[dropped & held_rows] = "heldout"
     return split
+
+
+def judged_passages(sets: dict[str, tuple]) -> set[str]:
+    """Normalised text of every passage judged relevant in these BEIR sets {folder: (corpus, queries, qrels)}:
+    what training must never see."""
+    texts = set()
+    for folder, (_, _, qrels) in sets.items():
+        passages = beir_passage_texts(folder)
+        texts |= {normalize(passages[d]) for docs in qrels.values() for d in docs}
+    return texts
+
+
+def held_out_groups(pairs: pd.DataFrame, judged: dict[str, set[str]]) -> dict:
+    """{group_id: split} for the groups holding a judged passage: split "test" for a test set's, "val" for the
+    validation questions' (test wins). A group is a whole topic: rows joined by question, answer or group value."""
+    forced = {}
+    for split in ("val", "test"):
+        forced.update(dict.fromkeys(pairs.loc[pairs["p_norm"].isin(judged[split]), "group_id"], split))
+    return forced
+
+
+def user_style_validation(val: pd.DataFrame, queries: dict, qrels: dict, cfg: dict, seed: int):
+    """Validation messages written the way users write (pipeline/user_questions.py) from the validation pairs,
+    topic by topic, relevant to the answers of every question they contain."""
+    group_of = dict(zip(val["q_norm"], zip(val["group_id"], val["group"])))
+    topics: dict = {}
+    for qid, text in queries.items():
+        gid, name = group_of[normalize(text)]
+        topics.setdefault(gid, (topic_name(name), []))[1].append((text, list(qrels[qid])))
+    messages = user_messages(list(topics.values()), cfg, seed)
+    return ({f"u{i}": text for i, (text, _) in enumerate(messages)},
+            {f"u{i}": dict.fromkeys(docs, 1) for i, (_, docs) in enumerate(messages)})
 
 
 def beir_from_pairs(eval_pairs: pd.DataFrame, distractors: list[str], max_corpus: int, seed: int):
@@ -351,30 +407,6 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- 5. noisy queries
-
-
-def noisy_rewrite(query: str, cfg: dict, rng: np.random.Generator) -> str:
-    """Rewrite a clean FAQ question the way people type into a chat box: context, lowercase, typos, a tail."""
-    text = query.strip()
-    if rng.random() < cfg["p_drop_question_words"]:
-        text = re.sub(r"^(what|how|can|is|are|do|does)\b( (is|are|do|does|can|the|a|an))*\s+", "", text, flags=re.I)
-    if rng.random() < cfg["p_lowercase"]:
-        text = text.lower().rstrip(" ?")
-    words = text.split()
-    for i, w in enumerate(words):
-        if len(w) >= 5 and rng.random() < cfg["typo_rate"]:
-            j = int(rng.integers(1, len(w) - 2))
-            op = rng.integers(3)
-            words[i] = (w[:j] + w[j + 1] + w[j] + w[j + 2:]) if op == 0 else (w[:j] + w[j + 1:]) if op == 1 else (w[:j] + w[j] + w[j:])
-    text = " ".join(words)
-    if cfg["contexts"] and rng.random() < cfg["p_context"]:
-        text = f"{cfg['contexts'][rng.integers(len(cfg['contexts']))]} {text}"
-    if cfg["suffixes"] and rng.random() < cfg["p_suffix"]:
-        text = f"{text} {cfg['suffixes'][rng.integers(len(cfg['suffixes']))]}"
-    return text
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -394,14 +426,32 @@ def main() -> None:
         raise InputError("params.yaml: data.faq, data.glossary and data.beir_train give no question/answer pairs")
     if "group" not in pairs:
         pairs["group"] = None
+    testsets = data.get("testsets") or {}
+    if not isinstance(testsets, dict) or any(not re.fullmatch(r"[A-Za-z0-9_-]+", str(n)) or n in RESERVED
+                                             for n in testsets):
+        raise InputError("params.yaml: data.testsets must map names (letters, digits, _ and -; not "
+                         f"{', '.join(RESERVED)}) to BEIR folders")
+    external_test, val_questions = data.get("testset"), data.get("val_questions")
 
-    # 2. De-duplicate, group, split (the test set comes from data.testset when it is given)
+    # 2. De-duplicate, group, and hold out every topic with a passage judged in a test set or the validation
+    #    questions; then split the rest (the test split comes from data.testset when it is given)
     pairs = deduplicate(pairs, stats)
     pairs["group_id"] = connected_groups(pairs)
-    external_test = data.get("testset")
+    held_sets = {folder: read_beir(folder) for folder in [*testsets.values(), external_test, val_questions] if folder}
+    judged = {"test": judged_passages({f: held_sets[f] for f in [*testsets.values(), external_test] if f}),
+              "val": judged_passages({f: held_sets[f] for f in [val_questions] if f})}
+    forced = held_out_groups(pairs, judged)
+    if external_test:  # the test set is given: topics it judges are only kept out of training
+        forced = {g: "heldout" if s == "test" else s for g, s in forced.items()}
     fractions = {"val": cfg["val_fraction"]} if external_test else {"test": cfg["test_fraction"], "val": cfg["val_fraction"]}
-    pairs["split"] = split_groups(pairs["group_id"].to_numpy(), fractions, seed)
-    pairs["split"] = cap_validation(pairs, int(cfg["max_val_queries"]), seed)
+    eligible = pairs.loc[pairs["kind"] != "glossary", "group_id"].unique()  # glossary-only topics: training data
+    pairs["split"] = split_groups(pairs["group_id"].to_numpy(), fractions, seed, forced, eligible)
+    pairs["split"] = cap_validation(pairs, int(cfg["max_val_queries"]), seed,
+                                    {g for g, s in forced.items() if s == "val"})
+    # glossary templates ("What is X?") of a held-out topic are set aside, not scored: they are not real questions
+    pairs.loc[(pairs["kind"] == "glossary") & pairs["split"].isin(["test", "val"]), "split"] = "heldout"
+    stats["held_out"] = {"topics_with_judged_passages": len(forced),
+                         "rows_set_aside": int((pairs["split"] == "heldout").sum())}
     synthetic_model = (cfg.get("synthetic_queries") or {}).get("model")
     if cfg.get("kb_pairs") or synthetic_model:
         if external_test and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve()):
@@ -412,6 +462,10 @@ def main() -> None:
         if synthetic_model:
             kb = pd.concat([kb, synthetic_pairs(passages, cfg["synthetic_queries"], seed)], ignore_index=True)
         stats["rows_read"]["kb_sections"] = len(passages)
+        if not kb.empty:  # a document holding a judged passage is held out whole
+            held_docs = set(kb.loc[kb["positive"].map(normalize).isin(judged["test"] | judged["val"]), "group"])
+            kb = kb[~kb["group"].isin(held_docs)]
+            stats["held_out"]["kb_documents"] = len(held_docs)
         stats["rows_read"]["kb_training_pairs"] = len(kb)
         if not kb.empty:
             kb = kb.assign(q_norm=kb["query"].map(normalize), p_norm=kb["positive"].map(normalize), split="train")
@@ -420,7 +474,7 @@ def main() -> None:
     train = pairs[pairs["split"] == "train"].reset_index(drop=True)
     val = pairs[pairs["split"] == "val"]
     if external_test:
-        test_corpus, test_queries, test_qrels = read_beir(external_test)
+        test_corpus, test_queries, test_qrels = held_sets[external_test]
         log.info("test set from %s: %d queries, %d passages", external_test, len(test_queries), len(test_corpus))
     else:
         test = pairs[pairs["split"] == "test"]
@@ -432,11 +486,12 @@ def main() -> None:
         raise InputError("prepare.val_fraction gives an empty validation split: add data or raise the fraction")
     val_corpus, val_queries, val_qrels = beir_from_pairs(
         val, train.loc[~train["kind"].isin(KB_KINDS), "positive"].tolist(), cfg["val_corpus_size"], seed)
+    held_out_queries = [q for _, queries, _ in held_sets.values() for q in queries.values()]
+    held_out_queries += list(test_queries.values()) * (not external_test) + list(val_queries.values())
 
     # 3. Leakage guard: no training question may be (nearly) a held-out one
     model = load_model(base, max_seq_length=cfg["max_seq_length"])
-    exact, near = leakage_guard(train, list(test_queries.values()) + list(val_queries.values()), model,
-                                cfg["leakage_cosine"], cfg["negatives"]["batch_size"])
+    exact, near = leakage_guard(train, held_out_queries, model, cfg["leakage_cosine"], cfg["negatives"]["batch_size"])
     stats["dropped"]["leak_exact_question"] = int(exact.sum())
     stats["dropped"]["leak_near_duplicate_question"] = int(near.sum())
     if (exact | near).any():
@@ -451,22 +506,32 @@ def main() -> None:
     # 4. Hard negatives from the base model and/or BM25, never from the positive's own group
     tuples = add_hard_negatives(train, model, cfg["negatives"], seed, stats)
 
-    # 5. Noisy validation queries (rules, seeded; never drawn from the test split)
-    rng = np.random.default_rng(seed)
-    noisy_queries = {qid: noisy_rewrite(q, cfg["noisy"], rng) for qid, q in val_queries.items()}
+    # 5. Validation questions as users write them: the user's own, or messages made from the validation pairs
+    if val_questions:
+        users = held_sets[val_questions]
+    else:
+        users = (val_corpus, *user_style_validation(val, val_queries, val_qrels, cfg["user_questions"], seed))
 
     stats["pairs"] = {"train": len(tuples), "train_from_kb_sections": int(train["kind"].isin(KB_KINDS).sum()),
+                      "train_by_source": {k: int(v) for k, v in train["kind"].value_counts().items()},
                       "val_queries": len(val_queries), "val_corpus": len(val_corpus),
+                      "val_users_queries": len(users[1]), "val_users_source": val_questions or "generated",
                       "test_queries": len(test_queries), "test_corpus": len(test_corpus)}
     stats["groups"] = {s: int(pairs.loc[pairs["split"] == s, "group_id"].nunique()) for s in ("train", "val", "test")}
     with atomic_dir(OUT_DIR) as tmp:
         tuples.to_json(tmp / "train.jsonl", orient="records", lines=True, force_ascii=False)
         write_beir(tmp / "val", val_corpus, val_queries, val_qrels)
-        write_beir(tmp / "val_noisy", val_corpus, noisy_queries, val_qrels)
+        write_beir(tmp / "val_users", *users)
         write_beir(tmp / "test", test_corpus, test_queries, test_qrels)
+        (tmp / "testsets").mkdir()
+        for name, folder in testsets.items():  # copied as they are: titles and query topics kept
+            (tmp / "testsets" / name).mkdir()
+            for file in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
+                shutil.copy(repo_path(folder) / file, tmp / "testsets" / name / file)
+            stats["pairs"][f"testset_{name}_queries"] = len(held_sets[folder][1])
     write_json(STATS, stats)
-    log.info("wrote %s (train %d tuples, val %d queries, test %d queries) and %s",
-             OUT_DIR, len(tuples), len(val_queries), len(test_queries), STATS)
+    log.info("wrote %s (train %d tuples, val %d queries, test %d queries, %d named test sets) and %s",
+             OUT_DIR, len(tuples), len(val_queries), len(test_queries), len(testsets), STATS)
 
 
 if __name__ == "__main__":

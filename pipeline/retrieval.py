@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_beir
 
 Run = dict[str, dict[str, float]]
 
@@ -37,13 +36,10 @@ def dense_run(model, corpus: dict[str, str], queries: dict[str, str], depth: int
     return top_k(q_emb, c_emb, list(queries), list(corpus), depth), q_emb, c_emb
 
 
-def validation_runs(model, prepared: Path, depth: int, batch_size: int) -> tuple[Run, Run, dict]:
-    """Runs on the validation questions as written and as rewritten by users (one corpus, encoded once), and qrels."""
-    corpus, queries, qrels = read_beir(prepared / "val")
-    _, noisy, _ = read_beir(prepared / "val_noisy")
-    run, _, c_emb = dense_run(model, corpus, queries, depth, batch_size)
-    noisy_run = top_k(encode(model, list(noisy.values()), batch_size), c_emb, list(noisy), list(corpus), depth)
-    return run, noisy_run, qrels
+def held_out_sets(prepared: Path) -> dict[str, Path]:
+    """The held-out sets prepare wrote, by name: the main test set first, then each of data.testsets."""
+    named = sorted(p for p in (prepared / "testsets").glob("*") if p.is_dir())
+    return {"test": prepared / "test", **{p.name: p for p in named}}
 
 
 def bm25_run(corpus: dict[str, str], queries: dict[str, str], depth: int) -> Run:

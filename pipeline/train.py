@@ -1,14 +1,19 @@
 """Stage 2, train: fine-tune the base sentence-transformers model on the prepared tuples.
 
-Reads   params: model.base, train.*; files: data/prepared/train.jsonl, data/prepared/val/
-Writes  models/finetuned/         the fine-tuned model (safetensors), the checkpoint with the best validation NDCG@10
+Reads   params: model.base, train.*; files: data/prepared/train.jsonl, data/prepared/val/, data/prepared/val_users/
+Writes  models/finetuned/         the fine-tuned model (safetensors): the checkpoint with the best validation score,
+                                  merged with the base model at the weight that validates best
         reports/train/            dvclive logs: loss and validation metrics per step, metrics.json summary
+
+The validation score is the mean NDCG@10 of two sets: the FAQ-style validation split and questions as users write
+them (the user's own, or messages made by pipeline/user_questions.py). A model that gains on the FAQ's wording and
+loses on users' cannot win on it.
 
     python -m pipeline.train
 
 The story, in the order of the sentence-transformers training examples:
 1. load the base model  2. load the data  3. the loss  4. the training arguments
-5. evaluate before  6. train  7. evaluate after  8. save
+5. evaluate before  6. train  7. evaluate after, merged with the base model at each weight  8. save
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ log = logging.getLogger("pipeline.train")
 PREPARED = Path("data/prepared")
 MODEL_DIR = Path("models/finetuned")
 LIVE_DIR = Path("reports/train")
-BEST_METRIC = "val_cosine_ndcg@10"
+BEST_METRIC = "sequential_score"  # the mean of val_cosine_ndcg@10 and val_users_cosine_ndcg@10
 
 
 def dvclive_callback(live):
@@ -105,6 +110,15 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             pending = waiting
             if len(batch) == self.batch_size or not self.drop_last:
                 yield batch
+
+
+def merged_state(base: dict, tuned: dict, alpha: float) -> dict:
+    """WiSE-FT (Wortsman et al. 2022) / LM-Cocktail's merge: (1 - alpha) * base + alpha * fine-tuned, weight by weight.
+
+    Fine-tuning on one FAQ's wording moves the model away from what it knew of every other wording; averaging
+    with the base weights keeps most of the gain and much of that knowledge (bench/README.md).
+    """
+    return {k: torch.lerp(base[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
 
 
 def set_dropout(model, p) -> int:
@@ -180,7 +194,7 @@ def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
 def main() -> None:
     from dvclive import Live
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     cfg = load_params("train")
@@ -197,11 +211,12 @@ def main() -> None:
     train_rows = read_jsonl(PREPARED / "train.jsonl")
     if not train_rows:
         raise InputError(f"{PREPARED / 'train.jsonl'}: no training rows")
-    val_corpus, val_queries, val_qrels = read_beir(PREPARED / "val")
-    evaluator = InformationRetrievalEvaluator(
-        val_queries, val_corpus, {q: set(d) for q, d in val_qrels.items()}, name="val",
-        batch_size=64, show_progress_bar=False, write_csv=False,
-    )
+    evaluators = []
+    for name in ("val", "val_users"):
+        corpus, queries, qrels = read_beir(PREPARED / name)
+        evaluators.append(InformationRetrievalEvaluator(queries, corpus, {q: set(d) for q, d in qrels.items()}, name=name,
+                                                        batch_size=64, show_progress_bar=False, write_csv=False))
+    evaluator = SequentialEvaluator(evaluators, main_score_function=lambda scores: float(np.mean(scores)))
 
     # 3. Loss, and how batches are drawn: in-batch negatives are only negatives if no text repeats in a batch
     loss, train_dataset = build_loss(cfg["loss"], model, train_rows, cfg)
@@ -252,19 +267,37 @@ def main() -> None:
             model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
             callbacks=[dvclive_callback(live)],
         )
-        # 5-7. Evaluate before (eval_on_start), train, evaluate after: every check is logged to dvclive
+        # 5-6. Evaluate before (eval_on_start) and train: every check is logged to dvclive
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
-        at_best = max(history, key=lambda h: h[f"eval_{BEST_METRIC}"])  # the checkpoint load_best_model_at_end kept
-        before, best = history[0][f"eval_{BEST_METRIC}"], at_best[f"eval_{BEST_METRIC}"]
-        log.info("validation NDCG@10: %.4f before, %.4f best (step %s); %.1f min training",
-                 before, best, trainer.state.best_global_step, train_seconds / 60)
+        before = history[0]
+
+        # 7. Evaluate after: the kept checkpoint merged with the base model at each weight (1.0: as trained)
+        tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        base_state = load_model(base, device=str(model.device)).state_dict()
+        merges = {}
+        for alpha in sorted(float(a) for a in cfg["merge_alphas"]):
+            model.load_state_dict(merged_state(base_state, tuned, alpha))
+            merges[alpha] = evaluator(model)
+            log.info("merge %.2f: val NDCG@10 %.4f, val_users NDCG@10 %.4f", alpha,
+                     merges[alpha]["val_cosine_ndcg@10"], merges[alpha]["val_users_cosine_ndcg@10"])
+        alpha = max(merges, key=lambda a: (round(merges[a][BEST_METRIC], 4), a))  # a tie goes to the trained side
+        model.load_state_dict(merged_state(base_state, tuned, alpha))
+        after = merges[alpha]
+        log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f);"
+                 " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC],
+                 trainer.state.best_global_step, alpha, train_seconds / 60)
         live.summary = {
-            "val_ndcg@10_before": round(before, 4),
-            "val_ndcg@10_best": round(float(best), 4),
-            "val_mrr@10_best": round(float(at_best["eval_val_cosine_mrr@10"]), 4),
+            "val_ndcg@10_before": round(before["eval_val_cosine_ndcg@10"], 4),
+            "val_ndcg@10_best": round(after["val_cosine_ndcg@10"], 4),
+            "val_mrr@10_best": round(after["val_cosine_mrr@10"], 4),
+            "val_users_ndcg@10_before": round(before["eval_val_users_cosine_ndcg@10"], 4),
+            "val_users_ndcg@10_best": round(after["val_users_cosine_ndcg@10"], 4),
+            "val_users_mrr@10_best": round(after["val_users_cosine_mrr@10"], 4),
+            "merge_alpha": alpha,
+            "merge_scores": {f"{a:g}": round(m[BEST_METRIC], 4) for a, m in merges.items()},
             "best_step": int(trainer.state.best_global_step or 0),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
@@ -273,7 +306,7 @@ def main() -> None:
             "precision": precision,
         }
 
-    # 8. Save the best checkpoint (loaded back by load_best_model_at_end) as safetensors
+    # 8. Save the chosen model as safetensors
     with atomic_dir(MODEL_DIR) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
     shutil.rmtree(checkpoints, ignore_errors=True)

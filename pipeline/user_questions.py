@@ -1,0 +1,82 @@
+"""Questions written the way users type them, made from clean FAQ pairs by seeded rules.
+
+Real users do not ask "What are the symptoms of X?". They write a subject line and a message: who they are asking
+for, what happened, often two or three questions at once, in lower case with the disease name misspelled. A model
+tuned on clean FAQ questions can lose on such messages while it gains on the FAQ's own wording (it happened on
+MedQuAD: bench/README.md), so the checkpoint, the merge weight and the recipe are chosen on questions like these
+as well, when the user gives no real validation questions of their own.
+
+Each message is built from the questions of one topic (a group of the split: an FAQ focus, a document):
+    [subject line.] [context sentence] question one [connector question two] [closing]
+and is relevant to the answers of every question it contains, as a real multi-question message is.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+QUESTION_WORDS = re.compile(r"^(what|how|can|is|are|do|does|which|who|when|where|why)\b( (is|are|do|does|can|the|a|an))*\s+",
+                            re.I)
+
+
+def typo(word: str, rng: np.random.Generator) -> str:
+    """One keyboard slip: swap two letters, drop one or double one (never the first letter)."""
+    j = int(rng.integers(1, len(word) - 2))
+    op = rng.integers(3)
+    if op == 0:
+        return word[:j] + word[j + 1] + word[j] + word[j + 2:]
+    return word[:j] + word[j + 1:] if op == 1 else word[:j] + word[j] + word[j:]
+
+
+def casual(question: str, cfg: dict, rng: np.random.Generator) -> str:
+    """One question as typed into a chat box: maybe lower case without the question mark or the question words,
+    with typos in the longer words (the disease names are the long words)."""
+    text, rephrased = question.strip(), False
+    for pattern, alternatives in cfg.get("rephrase") or []:  # the FAQ's question frames, said the way people say them
+        if re.search(pattern, text, flags=re.I) and rng.random() < cfg["p_rephrase"]:
+            text = re.sub(pattern, alternatives[int(rng.integers(len(alternatives)))], text, count=1, flags=re.I)
+            rephrased = True
+            break
+    if not rephrased and rng.random() < cfg["p_drop_question_words"]:
+        text = QUESTION_WORDS.sub("", text)
+    if rng.random() < cfg["p_lowercase"]:
+        text = text.lower().rstrip(" ?")
+    words = [typo(w, rng) if len(w) >= 6 and rng.random() < cfg["typo_rate"] else w for w in text.split()]
+    return " ".join(words)
+
+
+def topic_name(group) -> str | None:
+    """A readable topic from a group value ("canine-parvovirus" -> "canine parvovirus"); None when there is none."""
+    if not isinstance(group, str) or not group.strip():
+        return None
+    return re.sub(r"[-_]+", " ", group.split(": ", 1)[-1]).strip() or None
+
+
+def user_messages(topics: list[tuple[str | None, list[tuple[str, list[str]]]]], cfg: dict, seed: int):
+    """Messages for each topic: (topic name or None, [(question, [relevant passage ids]), ...]).
+
+    Returns [(message, [relevant passage ids])]: `cfg["per_topic"]` per topic, each built from one question, or two
+    of the same topic with probability `p_second_question`.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, questions in topics:
+        for _ in range(int(cfg["per_topic"])):
+            picked = [questions[int(i)] for i in rng.permutation(len(questions))[:2]]
+            if len(picked) == 2 and rng.random() >= cfg["p_second_question"]:
+                picked = picked[:1]
+            parts = []
+            if name and rng.random() < cfg["p_subject"]:
+                parts.append(f"{name if rng.random() < 0.5 else name.lower()}.")
+            if name and cfg["contexts"] and rng.random() < cfg["p_context"]:
+                parts.append(cfg["contexts"][int(rng.integers(len(cfg["contexts"])))].format(topic=name.lower()))
+            body = [casual(q, cfg, rng) for q, _ in picked]
+            connectors = cfg["connectors"] or [" "]
+            parts.append(body[0] + "".join(connectors[int(rng.integers(len(connectors)))] + b for b in body[1:]))
+            if cfg["closings"] and rng.random() < cfg["p_closing"]:
+                parts.append(cfg["closings"][int(rng.integers(len(cfg["closings"])))])
+            relevant = list(dict.fromkeys(d for _, docs in picked for d in docs))
+            out.append((" ".join(parts), relevant))
+    return out
