@@ -80,9 +80,21 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             *(dataset[c] for c in dataset.column_names if c not in (valid_label_columns or [])))]
 
     def __len__(self) -> int:
-        return len(self.groups) // self.batch_size if self.drop_last else math.ceil(len(self.groups) / self.batch_size)
+        # exactly what __iter__ yields this epoch: clashing rows that wait can add (short) batches
+        return len(self._epoch_batches())
 
     def __iter__(self):
+        yield from self._epoch_batches()
+
+    def _epoch_batches(self) -> list[list[int]]:
+        """The batches of the current epoch, computed once per (seed, epoch): deterministic, so len() and iter()
+        agree however often the trainer asks."""
+        key = (self.seed, self.epoch)
+        if getattr(self, "_cache", (None,))[0] != key:
+            self._cache = (key, list(self._make_batches()))
+        return self._cache[1]
+
+    def _make_batches(self):
         rng = np.random.default_rng(self.seed + self.epoch)
         members = defaultdict(list)
         for row, group in enumerate(self.groups):

@@ -140,3 +140,35 @@ def test_dropout_param_reaches_every_layer(tiny_model):
     for bad in (1.0, -0.1, "none"):
         with pytest.raises(InputError, match="train.dropout"):
             set_dropout(model, bad)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("case", ["repeated_passages", "repeated_questions", "one_big_group", "mixed"])
+def test_grouped_sampler_len_is_the_number_of_batches_it_yields(case, drop_last):
+    """Clashing rows wait for a later batch, so there can be more batches than rows / batch_size: len() must count
+    the batches __iter__ really yields (the trainer derives epochs, the LR schedule and eval_steps from it)."""
+    if case == "repeated_passages":  # every group answers all its questions with one of two passages
+        rows = [{"anchor": f"question {i} on {g}", "positive": f"passage {i % 2} on {g}"}
+                for g in range(5) for i in range(6)]
+        groups = [g for g in range(5) for _ in range(6)]
+    elif case == "repeated_questions":  # one question asked again and again with different answers
+        rows = [{"anchor": (f"What is {g}?" if i % 2 else f"what is {g}") if i < 5 else f"question {i} on {g}",
+                 "positive": f"answer {i} on {g}"} for g in range(5) for i in range(7)]
+        groups = [g for g in range(5) for _ in range(7)]
+    elif case == "one_big_group":  # a single group where a third of the rows share a passage
+        rows = [{"anchor": f"q{i}", "positive": "same" if i % 3 == 0 else f"p{i}"} for i in range(20)]
+        groups = [0] * 20
+    else:  # groups of unequal size, some clashing, some not
+        rows, groups = [], []
+        for g, size in enumerate([1, 9, 3, 12, 2, 5]):
+            for i in range(size):
+                rows.append({"anchor": f"q{i % 4} {g}", "positive": f"p{i % 3} {g}" if g % 2 else f"p{i} {g}"})
+                groups.append(g)
+    for epoch in range(3):
+        batches, sampler = grouped_batches(rows, groups, 4, epoch=epoch, drop_last=drop_last)
+        assert len(sampler) == len(batches), (case, epoch)
+        assert len(sampler) == len(list(sampler))  # asked again: the same epoch, the same answer
+        if drop_last:
+            assert all(len(b) == 4 for b in batches)
+        else:
+            assert sorted(i for b in batches for i in b) == list(range(len(rows)))
