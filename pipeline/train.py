@@ -119,6 +119,20 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
                 yield batch
 
 
+def kept_evaluation(log_history: list[dict], best_step: int | None, metric: str = f"eval_{BEST_METRIC}") -> dict | None:
+    """The validation record of the checkpoint training kept: the evaluation at trainer.state.best_global_step.
+
+    The step-0 evaluation (eval_on_start, the untrained model) is never it, however well it scored: no checkpoint
+    is saved at step 0, so load_best_model_at_end cannot go back to it (transformers does not count it for
+    best_global_step either). With no best step recorded the final weights are kept: their (last) evaluation.
+    None when nothing after step 0 was evaluated.
+    """
+    trained = [h for h in log_history if metric in h and h.get("step", 0) > 0]
+    if best_step:
+        return next((h for h in trained if h["step"] == best_step), None)
+    return trained[-1] if trained else None
+
+
 def set_dropout(model, p) -> int:
     """Set every dropout of the transformer to p (None: keep the base model's own); returns how many were set.
 
@@ -269,15 +283,16 @@ def main() -> None:
         trainer.train()
         train_seconds = time.perf_counter() - start
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
-        at_best = max(history, key=lambda h: h[f"eval_{BEST_METRIC}"])  # the checkpoint load_best_model_at_end kept
+        # the checkpoint load_best_model_at_end kept (never step 0: it has no checkpoint)
+        at_best = kept_evaluation(trainer.state.log_history, trainer.state.best_global_step) or history[-1]
         before, best = history[0][f"eval_{BEST_METRIC}"], at_best[f"eval_{BEST_METRIC}"]
         log.info("validation NDCG@10: %.4f before, %.4f best (step %s); %.1f min training",
-                 before, best, trainer.state.best_global_step, train_seconds / 60)
+                 before, best, at_best.get("step"), train_seconds / 60)
         live.summary = {
             "val_ndcg@10_before": round(before, 4),
             "val_ndcg@10_best": round(float(best), 4),
             "val_mrr@10_best": round(float(at_best["eval_val_cosine_mrr@10"]), 4),
-            "best_step": int(trainer.state.best_global_step or 0),
+            "best_step": int(at_best.get("step", 0)),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
             "pairs_per_second": round(trainer.state.global_step * batch_size / train_seconds, 2),

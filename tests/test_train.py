@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from types import SimpleNamespace
 
-from pipeline.common import InputError, load_model
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.common import ROOT, InputError, load_model, load_params, set_params, write_beir
 from pipeline.train import build_loss
 
 ROWS = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(4)]
@@ -172,3 +177,61 @@ def test_grouped_sampler_len_is_the_number_of_batches_it_yields(case, drop_last)
             assert all(len(b) == 4 for b in batches)
         else:
             assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+
+
+@pytest.fixture
+def train_project(tmp_path, monkeypatch, tiny_model):
+    """A project folder as the train stage sees it: params.yaml (the tiny model, 2 steps) and data/prepared/."""
+    params = set_params(load_params(path=ROOT / "params.yaml"), {
+        "model.base": tiny_model, "train.max_steps": 2, "train.batch_size": 4, "train.max_seq_length": 16,
+        "train.evaluations": 1, "train.precision": "fp32"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    rows = [{"anchor": f"question {i}", "positive": f"answer {i}", "group": i} for i in range(8)]
+    pd.DataFrame(rows).to_json(prepared / "train.jsonl", orient="records", lines=True)
+    write_beir(prepared / "val", {f"d{i}": f"answer {i}" for i in range(4)}, {f"q{i}": f"question {i}" for i in range(4)},
+               {f"q{i}": {f"d{i}": 1} for i in range(4)})
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def evaluation(step, ndcg, mrr):
+    return {"eval_val_cosine_ndcg@10": ndcg, "eval_val_cosine_mrr@10": mrr, "step": step}
+
+
+# the untrained model (eval_on_start, step 0) scores highest; load_best_model_at_end keeps the checkpoint of step 4
+HISTORY = [evaluation(0, 0.9, 0.8), {"loss": 2.0, "step": 1}, evaluation(2, 0.5, 0.4), {"loss": 1.5, "step": 3},
+           evaluation(4, 0.6, 0.55), evaluation(6, 0.58, 0.6)]
+
+
+def test_kept_evaluation_is_the_kept_checkpoints_never_step_0():
+    from pipeline.train import kept_evaluation
+
+    assert kept_evaluation(HISTORY, 4) == evaluation(4, 0.6, 0.55)
+    assert kept_evaluation(HISTORY, 6) == evaluation(6, 0.58, 0.6)
+    # no best checkpoint recorded: the final model is what is kept, so its (last) evaluation, never step 0's
+    assert kept_evaluation(HISTORY, None) == evaluation(6, 0.58, 0.6)
+    assert kept_evaluation(HISTORY[:2], None) is None
+
+
+def test_train_summary_reports_the_kept_checkpoint(train_project, monkeypatch):
+    """The summary's best NDCG/MRR and step are those of the checkpoint load_best_model_at_end kept (step 4), not the
+    step-0 evaluation of the untrained model, which scored higher but has no checkpoint."""
+    import sentence_transformers
+
+    from pipeline import train
+
+    class FakeTrainer:
+        def __init__(self, model, **kwargs):
+            self.model, self.state = model, SimpleNamespace(log_history=[], best_global_step=None, global_step=0)
+
+        def train(self):
+            self.state.log_history, self.state.best_global_step, self.state.global_step = HISTORY, 4, 6
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
+    train.main()
+    summary = json.loads((train_project / "reports/train/metrics.json").read_text())
+    assert summary["val_ndcg@10_before"] == 0.9
+    assert (summary["val_ndcg@10_best"], summary["val_mrr@10_best"], summary["best_step"]) == (0.6, 0.55, 4)
+    assert (train_project / "models/finetuned/model.safetensors").is_file()
