@@ -287,7 +287,9 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     mine_hard_negatives returns ranked candidates (with a margin below the positive's score, so paraphrases of
     the positive are not taken); it knows nothing of groups, so we keep the best candidates from *other* groups.
     With both miners, the two ranked lists take turns. A pair with too few gets random passages from other groups
-    and is counted as missing.
+    (seeded, no passage twice) and is counted as missing. When the other groups do not hold `num` distinct passages
+    between them, every pair of that group cannot get `num` negatives: InputError (prepare.negatives.num is too large
+    for the data), rather than a ragged training file.
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -326,6 +328,7 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
         found[key] = ([d for d, _ in kept], [s for _, s in kept], positive_scores.get(key))
     rng = np.random.default_rng(seed)
     passages = train["positive"].to_numpy()
+    passages_in_group = pd.Series(group_of).value_counts()  # distinct passages per group
     rows, missing, pos_scores, neg_scores = [], 0, [], []
     for anchor, positive, gid in zip(train["query"], train["positive"], train["group_id"]):
         negs, neg_s, pos_s = found.get((anchor, positive), ([], [], None))
@@ -334,6 +337,10 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
             neg_scores += neg_s[:1]
         if len(negs) < num:
             missing += 1
+            outside = len(group_of) - int(passages_in_group.get(gid, 0))
+            if outside - sum(group_of.get(n, gid) != gid for n in negs) < num - len(negs):
+                raise InputError(f"params.yaml: prepare.negatives.num {num} is too large for the data: {outside} "
+                                 f"passages outside the group of the training pair {anchor!r}")
             while len(negs) < num:  # random fill from another group: still a valid (easy) negative
                 cand = passages[rng.integers(len(passages))]
                 if group_of[cand] != gid and cand not in negs:
