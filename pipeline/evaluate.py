@@ -7,6 +7,7 @@ Writes  reports/metrics.json     {"base", "finetuned", "bm25", "hybrid", "base_v
                                  "finetuned_vs_base", "finetuned_vs_bm25", "finetuned_noisy_vs_base_noisy":
                                  paired delta, 95% bootstrap interval and randomisation-test p-value
         reports/per_query.csv    every test query: rank of its first relevant passage and reciprocal rank per system
+                                 (rr@{mrr_k}_<system>: 0 below rank mrr_k, so each column averages to mrr@{mrr_k})
         reports/plots/           recall@k curve (CSV for `dvc plots`, PNG), rank change, score distributions,
                                  training curves (PNG)
         reports/report.md        the one page to show a colleague
@@ -32,6 +33,7 @@ from pipeline.retrieval import (
     pair_scores,
     per_query_metrics,
     ranked,
+    reciprocal_rank_at_k,
     rrf,
     summary,
     validation_runs,
@@ -100,8 +102,9 @@ def main() -> None:
     per_query = pd.DataFrame({"query_id": list(qrels), "query": [queries[q] for q in qrels]})
     for name in SYSTEMS:
         per_query[f"rank_{name}"] = per_query["query_id"].map(ranks[name])
-    for name in SYSTEMS:
-        per_query[f"rr_{name}"] = (1.0 / per_query[f"rank_{name}"]).fillna(0.0).round(4)
+    for name in SYSTEMS:  # with mrr@k's cut-off, so the column's mean is metrics.json's mrr@k
+        rr = reciprocal_rank_at_k(runs[name], qrels, int(cfg["mrr_k"]))
+        per_query[f"rr@{cfg['mrr_k']}_{name}"] = per_query["query_id"].map(rr).round(4)
     with atomic_file(PER_QUERY) as tmp:
         per_query.to_csv(tmp, index=False, float_format="%g")
 

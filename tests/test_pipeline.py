@@ -75,7 +75,7 @@ def test_outputs_and_metric_file_shape(repo):
     for png in ["recall_at_k", "rank_change", "score_distributions", "training_curves"]:
         assert (repo / f"reports/plots/{png}.png").stat().st_size > 1000
     per_query = (repo / "reports/per_query.csv").read_text().splitlines()
-    assert per_query[0].startswith("query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr_base")
+    assert per_query[0].startswith("query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr@10_base")
     assert len(per_query) - 1 == stats["pairs"]["test_queries"]
     report = (repo / "reports/report.md").read_text()
     assert "| fine-tuned |" in report and "![recall@k](plots/recall_at_k.png)" in report
