@@ -131,7 +131,8 @@ def pick_precision(setting: str, key: str) -> str:
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # native only: by default is_bf16_supported() also says True on pre-Ampere GPUs, which emulate bf16 slowly
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -235,3 +235,21 @@ def test_train_summary_reports_the_kept_checkpoint(train_project, monkeypatch):
     assert summary["val_ndcg@10_before"] == 0.9
     assert (summary["val_ndcg@10_best"], summary["val_mrr@10_best"], summary["best_step"]) == (0.6, 0.55, 4)
     assert (train_project / "models/finetuned/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_needs_native_bf16_on_the_gpu(monkeypatch, capability, expected):
+    """Before Ampere (compute capability 8.0) a GPU only emulates bf16 (torch.cuda.is_bf16_supported() still says
+    True by default): slower than fp32, so `auto` must not pick it."""
+    import torch
+
+    from pipeline.common import pick_precision
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=capability[0], minor=capability[1]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True, raising=False)  # emulation works
+    assert pick_precision("auto", "train.precision") == expected
