@@ -24,6 +24,7 @@ import yaml
 # No network at run time: weights come from a path, a weights package or the local hub cache, never a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)  # csv's default is 131072 characters; the cap fits a C long everywhere
 log = logging.getLogger("pipeline")
 
 
@@ -170,15 +171,22 @@ def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, s
     rows: list[tuple[int, dict]] = []  # (line number, raw record)
     try:
         if suffix == ".csv":
+            csv.field_size_limit(CSV_FIELD_LIMIT)  # a long answer is not an error...
             with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.DictReader(f)
-                header = reader.fieldnames or []
-                line = reader.line_num + 1
-                for record in reader:
-                    if None in record or None in record.values():
-                        raise InputError(f"{path}:{line}: row has {len(header)} columns expected, got a different number")
-                    rows.append((line, record))
+                # ...so strict: an unclosed or stray quote fails here instead of swallowing the rows after it
+                reader = csv.DictReader(f, strict=True)
+                line = 1
+                try:
+                    header = reader.fieldnames or []
                     line = reader.line_num + 1
+                    for record in reader:
+                        if None in record or None in record.values():
+                            raise InputError(f"{path}:{line}: row has {len(header)} columns expected, got a different number")
+                        rows.append((line, record))
+                        line = reader.line_num + 1
+                except csv.Error as e:  # `line`: where the bad record starts; the reader stopped further on
+                    raise InputError(f"{path}:{line}: unreadable CSV ({e}; read up to line {reader.reader.line_num}: "
+                                     "an unclosed or stray quote?)") from None
         elif suffix in (".jsonl", ".json"):
             header = None
             with open(path, encoding="utf-8") as f:

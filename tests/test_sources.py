@@ -123,3 +123,21 @@ def test_resolve_model_order(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(InputError, match="not in the hub cache"):
         resolve_model("someone/not-installed-model")
+
+
+def test_csv_field_over_the_default_csv_limit_reads(tmp_path):
+    """Python's csv stops at 131072 characters a field by default; a 1 MB answer is a valid answer."""
+    answer = "word " * 200_000 + "end"
+    f = write(tmp_path / "faq.csv", f'question,answer\nQ1?,"{answer}"\nQ2?,A2\n')
+    df = read_records(f, FIELDS)
+    assert df["positive"].tolist() == [answer, "A2"] and df["where"].tolist() == ["faq.csv:2", "faq.csv:3"]
+
+
+@pytest.mark.parametrize("bad, line", [
+    ('Q2?,"an answer that never closes its quote\nQ3?,A3\nQ4?,A4\n', 3),  # would swallow the rows after it
+    ('Q2?,"quoted" then more\nQ3?,A3\n', 3),                               # a stray quote
+])
+def test_csv_broken_quote_names_file_and_line(tmp_path, bad, line):
+    f = write(tmp_path / "faq.csv", "question,answer\nQ1?,A1\n" + bad)
+    with pytest.raises(InputError, match=rf"faq.csv:{line}: unreadable CSV"):
+        read_records(f, FIELDS)
