@@ -51,7 +51,7 @@ def read_faq(files: list[str], columns: dict) -> pd.DataFrame:
     frames = []
     for f in files:
         optional = {"group": columns["group"]} if columns.get("group") else {}
-        df = read_records(f, {"query": columns["question"], "positive": columns["answer"]}, optional)
+        df = read_records(f, {"query": columns["question"], "positive": columns["answer"]}, optional, key="data.faq")
         df["kind"] = "faq"
         frames.append(df)
         log.info("read %d FAQ rows from %s", len(df), f)
@@ -65,7 +65,7 @@ def read_beir_pairs(folders: list[str]) -> pd.DataFrame:
     """
     rows = []
     for folder in folders:
-        corpus, queries, qrels = read_beir(folder)
+        corpus, queries, qrels = read_beir(folder, key="data.beir_train")
         rows += [{"query": queries[q], "positive": corpus[d], "group": f"beir: {folder}#{q}", "where": f"{folder}#{q}"}
                  for q, docs in qrels.items() for d in docs]
         log.info("read %d pairs from BEIR folder %s", len(rows), folder)
@@ -79,7 +79,7 @@ def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd
             raise InputError(f"params.yaml: prepare.glossary_templates entry {t!r} has no {{term}} placeholder")
     frames = []
     for f in files:
-        df = read_records(f, {"term": columns["term"], "positive": columns["definition"]})
+        df = read_records(f, {"term": columns["term"], "positive": columns["definition"]}, key="data.glossary")
         log.info("read %d glossary rows from %s", len(df), f)
         for t in templates:
             frames.append(df.assign(query=[t.format(term=term) for term in df["term"]], group="glossary: " + df["term"]))
@@ -427,7 +427,7 @@ def main() -> None:
     train = pairs[pairs["split"] == "train"].reset_index(drop=True)
     val = pairs[pairs["split"] == "val"]
     if external_test:
-        test_corpus, test_queries, test_qrels = read_beir(external_test)
+        test_corpus, test_queries, test_qrels = read_beir(external_test, key="data.testset")
         log.info("test set from %s: %d queries, %d passages", external_test, len(test_queries), len(test_corpus))
     else:
         test = pairs[pairs["split"] == "test"]
