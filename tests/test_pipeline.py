@@ -145,3 +145,10 @@ def test_bad_input_fails_cleanly_and_writes_nothing(repo, tmp_path):
     assert "faq.csv:3: field 'answer' is empty" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (bad / "data/prepared").exists() and not (bad / "reports/data_stats.json").exists()
+
+
+def test_dvc_plots_output_is_ignored(tmp_path):
+    """`dvc plots show` / `dvc plots diff` write dvc_plots/index.html into the project: generated, never committed."""
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    run(["git", "init", "-q"], tmp_path)
+    assert run(["git", "check-ignore", "dvc_plots/index.html"], tmp_path, check=False).returncode == 0
