@@ -93,7 +93,6 @@ def main() -> None:
     samples = int(cfg["bootstrap_samples"])
     for a, b in [("finetuned", "base"), ("finetuned", "bm25"), ("finetuned_noisy", "base_noisy")]:
         metrics[f"{a}_vs_{b}"] = {m: paired_test(scores[a][m], scores[b][m], samples, seed) for m in headline}
-    write_json(METRICS, metrics)
     for name in ["base", "finetuned", "bm25", "hybrid", "base_noisy", "finetuned_noisy"]:
         log.info("%-16s %s", name, "  ".join(f"{k} {v:.4f}" for k, v in metrics[name].items()))
 
@@ -105,21 +104,22 @@ def main() -> None:
     for name in SYSTEMS:  # with mrr@k's cut-off, so the column's mean is metrics.json's mrr@k
         rr = reciprocal_rank_at_k(runs[name], qrels, int(cfg["mrr_k"]))
         per_query[f"rr@{cfg['mrr_k']}_{name}"] = per_query["query_id"].map(rr).round(4)
-    with atomic_file(PER_QUERY) as tmp:
-        per_query.to_csv(tmp, index=False, float_format="%g")
 
-    # 5. Plots and the report
+    # 5. Plots and the report. Every output is written to a temporary beside it and all are renamed into place
+    # together at the end (leaving the with), so a failure anywhere leaves the previous run's four outputs
     curves = pd.DataFrame({"k": range(1, depth + 1)})
     for name in SYSTEMS:
         curves[name] = [round(float(scores[name][f"recall@{k}"].mean()), 4) for k in curves["k"]]
-    with atomic_dir(PLOTS) as plots:
+    best_first = {name: {q: (ranked(run.get(q, {})) or [None])[0] for q in qrels} for name, run in runs.items()}
+    with atomic_file(METRICS) as metrics_tmp, atomic_file(PER_QUERY) as per_query_tmp, atomic_file(REPORT) as tmp, \
+            atomic_dir(PLOTS) as plots:
+        write_json(metrics_tmp, metrics)
+        per_query.to_csv(per_query_tmp, index=False, float_format="%g")
         curves.to_csv(plots / "recall_at_k.csv", index=False)
         report.plot_recall_curve(curves, plots / "recall_at_k.png")
         report.plot_rank_change(per_query, depth, plots / "rank_change.png")
         report.plot_score_distributions(pairs, plots / "score_distributions.png")
         report.plot_training_curves(TRAIN_LOGS, plots / "training_curves.png")
-    best_first = {name: {q: (ranked(run.get(q, {})) or [None])[0] for q in qrels} for name, run in runs.items()}
-    with atomic_file(REPORT) as tmp:
         tmp.write_text(report.markdown(metrics, per_query, best_first, corpus, qrels, cfg, PLOTS.name), encoding="utf-8")
     log.info("wrote %s, %s, %s/ and %s", METRICS, PER_QUERY, PLOTS, REPORT)
 

@@ -3,6 +3,7 @@
 Reads   params: model.base, train.*; files: data/prepared/train.jsonl, data/prepared/val/
 Writes  models/finetuned/         the fine-tuned model (safetensors), the checkpoint with the best validation NDCG@10
         reports/train/            dvclive logs: loss and validation metrics per step, metrics.json summary
+                                  (both written aside and moved into place together when training succeeded)
 
     python -m pipeline.train
 
@@ -271,8 +272,10 @@ def main() -> None:
         dataloader_num_workers=0,
     )
 
-    LIVE_DIR.mkdir(parents=True, exist_ok=True)
-    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    # dvclive writes aside (beside the checkpoints), moved into place with the model at the end: a failed run leaves
+    # the previous reports/train and models/finetuned as they were, never new logs beside an old model
+    live_tmp = checkpoints / "dvclive"
+    with Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         live.log_params({k: cfg[k] for k in sorted(cfg)})
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
@@ -300,9 +303,10 @@ def main() -> None:
             "precision": precision,
         }
 
-    # 8. Save the best checkpoint (loaded back by load_best_model_at_end) as safetensors
-    with atomic_dir(MODEL_DIR) as tmp:
+    # 8. Save the best checkpoint (loaded back by load_best_model_at_end) as safetensors, and the logs beside it
+    with atomic_dir(LIVE_DIR) as live_out, atomic_dir(MODEL_DIR) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("wrote %s and %s", MODEL_DIR, LIVE_DIR)
 

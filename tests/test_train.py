@@ -215,19 +215,22 @@ def test_kept_evaluation_is_the_kept_checkpoints_never_step_0():
     assert kept_evaluation(HISTORY[:2], None) is None
 
 
+class FakeTrainer:
+    """Stands in for SentenceTransformerTrainer: no training, the log HISTORY, step 4 kept."""
+
+    def __init__(self, model, **kwargs):
+        self.model, self.state = model, SimpleNamespace(log_history=[], best_global_step=None, global_step=0)
+
+    def train(self):
+        self.state.log_history, self.state.best_global_step, self.state.global_step = HISTORY, 4, 6
+
+
 def test_train_summary_reports_the_kept_checkpoint(train_project, monkeypatch):
     """The summary's best NDCG/MRR and step are those of the checkpoint load_best_model_at_end kept (step 4), not the
     step-0 evaluation of the untrained model, which scored higher but has no checkpoint."""
     import sentence_transformers
 
     from pipeline import train
-
-    class FakeTrainer:
-        def __init__(self, model, **kwargs):
-            self.model, self.state = model, SimpleNamespace(log_history=[], best_global_step=None, global_step=0)
-
-        def train(self):
-            self.state.log_history, self.state.best_global_step, self.state.global_step = HISTORY, 4, 6
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
     train.main()
@@ -253,3 +256,42 @@ def test_auto_precision_needs_native_bf16_on_the_gpu(monkeypatch, capability, ex
                         lambda device=None: SimpleNamespace(major=capability[0], minor=capability[1]))
     monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True, raising=False)  # emulation works
     assert pick_precision("auto", "train.precision") == expected
+
+
+def snapshot(*folders):
+    """Every file under the folders, with its bytes; and what else lies beside them (temporaries left behind)."""
+    files = {str(f): f.read_bytes() for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()}
+    return files, {folder.parent: sorted(p.name for p in folder.parent.iterdir()) for folder in folders}
+
+
+def test_failed_training_leaves_the_previous_logs_and_model(train_project, monkeypatch):
+    """dvclive used to clean and rewrite reports/train in place: a run that failed mid-training left the old model
+    beside new, partial logs. Now both are written aside and moved into place together at the end."""
+    import sentence_transformers
+
+    from pipeline import train
+
+    live, model = train_project / "reports/train", train_project / "models/finetuned"
+    (live / "plots/metrics").mkdir(parents=True)
+    (live / "metrics.json").write_text('{"val_ndcg@10_best": 0.5}\n')
+    (live / "params.yaml").write_text("epochs: 1\n")
+    (live / "plots/metrics/loss.tsv").write_text("step\tloss\n0\t1.0\n")
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"previous model")
+    before = snapshot(live, model)
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(sentence_transformers.SentenceTransformerTrainer, "train", fail)
+    with pytest.raises(RuntimeError, match="killed mid-training"):
+        train.main()
+    assert snapshot(live, model) == before
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
+    train.main()  # a run that succeeds replaces both
+    assert json.loads((live / "metrics.json").read_text())["best_step"] == 4
+    assert yaml.safe_load((live / "params.yaml").read_text())["max_steps"] == 2
+    assert not (live / "plots/metrics/loss.tsv").exists()  # the old run's curve is not mixed into the new logs
+    assert (model / "model.safetensors").read_bytes() != b"previous model"
+    assert snapshot(live, model)[1] == before[1]  # no temporaries left beside them
