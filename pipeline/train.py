@@ -240,7 +240,10 @@ def main() -> None:
 
     # 4. Training arguments
     batch_size = int(cfg["batch_size"])
-    steps = math.ceil(len(train_dataset) / batch_size) * float(cfg["epochs"])
+    batches = math.ceil(len(train_dataset) / batch_size)
+    if batch_sampler is not BatchSamplers.NO_DUPLICATES:  # grouped: rows that clash wait, which can add batches
+        batches = len(batch_sampler(train_dataset, batch_size=batch_size, drop_last=False, seed=int(cfg["seed"])))
+    steps = batches * float(cfg["epochs"])
     if int(cfg["max_steps"]) > 0:
         steps = min(steps, int(cfg["max_steps"]))
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from types import SimpleNamespace
 
 import pandas as pd
@@ -193,6 +194,8 @@ def train_project(tmp_path, monkeypatch, tiny_model):
     write_beir(prepared / "val", {f"d{i}": f"answer {i}" for i in range(4)}, {f"q{i}": f"question {i}" for i in range(4)},
                {f"q{i}": {f"d{i}": 1} for i in range(4)})
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the checkpoints a failed run leaves behind
     return tmp_path
 
 
@@ -295,3 +298,30 @@ def test_failed_training_leaves_the_previous_logs_and_model(train_project, monke
     assert not (live / "plots/metrics/loss.tsv").exists()  # the old run's curve is not mixed into the new logs
     assert (model / "model.safetensors").read_bytes() != b"previous model"
     assert snapshot(live, model)[1] == before[1]  # no temporaries left beside them
+
+
+def test_eval_steps_count_the_grouped_batches(train_project, monkeypatch):
+    """The checks are spread over the steps training really takes: with grouped batches a row whose passage is
+    already in the batch waits, so 8 rows sharing one passage are 8 batches of 1, not 2 batches of 4."""
+    import sentence_transformers
+
+    from pipeline import train
+
+    params = yaml.safe_load((train_project / "params.yaml").read_text())
+    params["train"].update(max_steps=-1, epochs=1, evaluations=2)
+    (train_project / "params.yaml").write_text(yaml.safe_dump(params))
+    rows = [{"anchor": f"question {i}", "positive": "the same answer", "group": 0} for i in range(8)]
+    pd.DataFrame(rows).to_json(train_project / "data/prepared/train.jsonl", orient="records", lines=True)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(model, args, **kwargs):
+        seen["args"] = args
+        raise Stop
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", capture)
+    with pytest.raises(Stop):
+        train.main()
+    assert seen["args"].eval_steps == seen["args"].save_steps == 4  # 8 steps, 2 checks
