@@ -24,6 +24,7 @@ import yaml
 # No network at run time: weights come from a path, a weights package or the local hub cache, never a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)  # csv's default is 131072 characters; the cap fits a C long everywhere
 log = logging.getLogger("pipeline")
 
 
@@ -131,7 +132,8 @@ def pick_precision(setting: str, key: str) -> str:
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # native only: by default is_bf16_supported() also says True on pre-Ampere GPUs, which emulate bf16 slowly
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -152,15 +154,24 @@ def _line_of_offset(path: Path, offset: int) -> int:
         return f.read(offset).count(b"\n") + 1
 
 
-def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, str] | None = None) -> pd.DataFrame:
+def _params_key(key: str | None) -> str:
+    """Error message prefix naming the params.yaml setting a path came from, when the caller knows it."""
+    return f"params.yaml: {key}: " if key else ""
+
+
+def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, str] | None = None,
+                 key: str | None = None) -> pd.DataFrame:
     """Read a CSV, JSONL or Parquet file and validate it.
 
     `fields` maps our name -> the file's column name; each must be present with non-empty text in every row.
     `optional` columns are kept when the file has them. The frame gets a `where` column ("file:line") so later
-    messages and reports can point at the row. Raises InputError naming file, line and field.
+    messages and reports can point at the row. Raises InputError naming file, line and field (and `key`, the
+    params.yaml setting the path came from, when the path is not a file).
     """
     path = repo_path(path)
     optional = optional or {}
+    if path.is_dir():
+        raise InputError(f"{_params_key(key)}{path} is a folder, expected a file (.csv, .jsonl or .parquet)")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -169,15 +180,22 @@ def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, s
     rows: list[tuple[int, dict]] = []  # (line number, raw record)
     try:
         if suffix == ".csv":
+            csv.field_size_limit(CSV_FIELD_LIMIT)  # a long answer is not an error...
             with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.DictReader(f)
-                header = reader.fieldnames or []
-                line = reader.line_num + 1
-                for record in reader:
-                    if None in record or None in record.values():
-                        raise InputError(f"{path}:{line}: row has {len(header)} columns expected, got a different number")
-                    rows.append((line, record))
+                # ...so strict: an unclosed or stray quote fails here instead of swallowing the rows after it
+                reader = csv.DictReader(f, strict=True)
+                line = 1
+                try:
+                    header = reader.fieldnames or []
                     line = reader.line_num + 1
+                    for record in reader:
+                        if None in record or None in record.values():
+                            raise InputError(f"{path}:{line}: row has {len(header)} columns expected, got a different number")
+                        rows.append((line, record))
+                        line = reader.line_num + 1
+                except csv.Error as e:  # `line`: where the bad record starts; the reader stopped further on
+                    raise InputError(f"{path}:{line}: unreadable CSV ({e}; read up to line {reader.reader.line_num}: "
+                                     "an unclosed or stray quote?)") from None
         elif suffix in (".jsonl", ".json"):
             header = None
             with open(path, encoding="utf-8") as f:
@@ -227,9 +245,13 @@ def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, s
     return pd.DataFrame(out)
 
 
-def read_beir(folder: str | Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """A BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels.tsv (header line)."""
+def read_beir(folder: str | Path, key: str | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    """A BEIR folder: corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels.tsv (header line).
+    `key`: the params.yaml setting the folder came from, for the error when it is a file."""
     folder = repo_path(folder)
+    if folder.is_file():
+        raise InputError(f"{_params_key(key)}{folder} is a file, expected a BEIR folder "
+                         "(corpus.jsonl, queries.jsonl, qrels.tsv)")
     corpus_df = read_records(folder / "corpus.jsonl", {"id": "_id", "text": "text"}, {"title": "title"})
     titles = corpus_df["title"] if "title" in corpus_df else [None] * len(corpus_df)
     corpus = {i: f"{t} {x}" if isinstance(t, str) else x for i, t, x in zip(corpus_df["id"], titles, corpus_df["text"])}
@@ -307,11 +329,14 @@ def markdown_sections(path: Path) -> list[dict]:
     return sections
 
 
-def read_kb(folder: str) -> list[dict]:
-    """Passages of the knowledge base: '## ' sections of .md/.txt files, or a BEIR corpus.jsonl."""
+def read_kb(folder: str, key: str = "data.kb") -> list[dict]:
+    """Passages of the knowledge base: '## ' sections of .md/.txt files in a folder, or a BEIR corpus.jsonl."""
     path = repo_path(folder)
+    if path.is_file() and path.suffix.lower() in (".md", ".markdown", ".txt"):
+        raise InputError(f"{_params_key(key)}{path} is a file, expected a folder of .md/.txt documents "
+                         "(or a BEIR corpus.jsonl)")
     if path.is_file():
-        df = read_records(path, {"id": "_id", "text": "text"}, {"title": "title"})
+        df = read_records(path, {"id": "_id", "text": "text"}, {"title": "title"}, key=key)
         return [
             {"title": r.get("title", "") or "", "heading": "", "text": r["text"], "source": f"{path.name}#{r['id']}"}
             for r in df.to_dict("records")

@@ -11,6 +11,7 @@ Writes  reports/metrics.json     the main test set (the FAQ split or data.testse
                                    "finetuned_val_users_vs_base_val_users": the validation sets that chose the model
         reports/per_query.csv    every query of every held-out set: rank of its first relevant passage and
                                  reciprocal rank @k per system
+                                 (rr@{mrr_k}_<system>: 0 below rank mrr_k, so each column averages to mrr@{mrr_k})
         reports/plots/           recall@k curve (CSV for `dvc plots`, PNG), rank change, score distributions,
                                  training curves (PNG)
         reports/report.md        the one page to show a colleague: a verdict per held-out set first
@@ -37,6 +38,7 @@ from pipeline.retrieval import (
     pair_scores,
     per_query_metrics,
     ranked,
+    reciprocal_rank_at_k,
     rrf,
     summary,
 )
@@ -82,11 +84,6 @@ def paired_test(a: pd.Series, b: pd.Series, samples: int, seed: int, topics: pd.
             "ci_high": round(float(boot.confidence_interval.high), 4), "p_value": round(float(perm.pvalue), 4)}
 
 
-def reciprocal_ranks(rank: pd.Series, k: int) -> pd.Series:
-    """1 / rank of the first relevant passage when it is in the top k, else 0: the per-query terms of MRR@k."""
-    return (1.0 / rank).where(rank <= k, 0.0).round(4)
-
-
 def main() -> None:
     cfg = load_params("evaluate")
     depth, batch_size, seed = int(cfg["depth"]), int(cfg["batch_size"]), int(cfg["seed"])
@@ -119,7 +116,7 @@ def main() -> None:
         for s in SYSTEMS:
             table[f"rank_{s}"] = table["query_id"].map(first_relevant_rank(runs[s], qrels))
         for s in SYSTEMS:
-            table[f"rr@{mrr_k}_{s}"] = reciprocal_ranks(table[f"rank_{s}"], mrr_k)
+            table[f"rr@{mrr_k}_{s}"] = table["query_id"].map(reciprocal_rank_at_k(runs[s], qrels, mrr_k)).round(4)
         tables.append(table)
         log.info("%-20s %s", name, "  ".join(f"{s} ndcg@10 {block[s]['ndcg@10']:.4f}" for s in SYSTEMS))
 

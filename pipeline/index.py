@@ -39,7 +39,7 @@ def collect_passages(data: dict, include_faq_answers: bool) -> list[dict]:
     if include_faq_answers:
         cols = data["faq_columns"]
         for f in data.get("faq") or []:
-            df = read_records(f, {"question": cols["question"], "answer": cols["answer"]})
+            df = read_records(f, {"question": cols["question"], "answer": cols["answer"]}, key="data.faq")
             passages += [{"title": r.question, "heading": "", "text": r.answer, "source": r.where}
                          for r in df.itertuples()]
     unique = list({p["text"]: p for p in passages}.values())  # one passage per distinct text

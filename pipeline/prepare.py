@@ -62,7 +62,7 @@ def read_faq(files: list[str], columns: dict) -> pd.DataFrame:
     frames = []
     for f in files:
         optional = {"group": columns["group"]} if columns.get("group") else {}
-        df = read_records(f, {"query": columns["question"], "positive": columns["answer"]}, optional)
+        df = read_records(f, {"query": columns["question"], "positive": columns["answer"]}, optional, key="data.faq")
         df["kind"] = "faq"
         frames.append(df)
         log.info("read %d FAQ rows from %s", len(df), f)
@@ -76,7 +76,7 @@ def read_beir_pairs(folders: list[str]) -> pd.DataFrame:
     """
     rows = []
     for folder in folders:
-        corpus, queries, qrels = read_beir(folder)
+        corpus, queries, qrels = read_beir(folder, key="data.beir_train")
         rows += [{"query": queries[q], "positive": corpus[d], "group": f"beir: {folder}#{q}", "where": f"{folder}#{q}"}
                  for q, docs in qrels.items() for d in docs]
         log.info("read %d pairs from BEIR folder %s", len(rows), folder)
@@ -90,7 +90,7 @@ def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd
             raise InputError(f"params.yaml: prepare.glossary_templates entry {t!r} has no {{term}} placeholder")
     frames = []
     for f in files:
-        df = read_records(f, {"term": columns["term"], "positive": columns["definition"]})
+        df = read_records(f, {"term": columns["term"], "positive": columns["definition"]}, key="data.glossary")
         log.info("read %d glossary rows from %s", len(df), f)
         for t in templates:
             frames.append(df.assign(query=[t.format(term=term) for term in df["term"]], group="glossary: " + df["term"]))
@@ -343,7 +343,9 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     mine_hard_negatives returns ranked candidates (with a margin below the positive's score, so paraphrases of
     the positive are not taken); it knows nothing of groups, so we keep the best candidates from *other* groups.
     With both miners, the two ranked lists take turns. A pair with too few gets random passages from other groups
-    and is counted as missing.
+    (seeded, no passage twice) and is counted as missing. When the other groups do not hold `num` distinct passages
+    between them, every pair of that group cannot get `num` negatives: InputError (prepare.negatives.num is too large
+    for the data), rather than a ragged training file.
     """
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
@@ -382,6 +384,7 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
         found[key] = ([d for d, _ in kept], [s for _, s in kept], positive_scores.get(key))
     rng = np.random.default_rng(seed)
     passages = train["positive"].to_numpy()
+    passages_in_group = pd.Series(group_of).value_counts()  # distinct passages per group
     rows, missing, pos_scores, neg_scores = [], 0, [], []
     for anchor, positive, gid in zip(train["query"], train["positive"], train["group_id"]):
         negs, neg_s, pos_s = found.get((anchor, positive), ([], [], None))
@@ -390,6 +393,10 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
             neg_scores += neg_s[:1]
         if len(negs) < num:
             missing += 1
+            outside = len(group_of) - int(passages_in_group.get(gid, 0))
+            if outside - sum(group_of.get(n, gid) != gid for n in negs) < num - len(negs):
+                raise InputError(f"params.yaml: prepare.negatives.num {num} is too large for the data: {outside} "
+                                 f"passages outside the group of the training pair {anchor!r}")
             while len(negs) < num:  # random fill from another group: still a valid (easy) negative
                 cand = passages[rng.integers(len(passages))]
                 if group_of[cand] != gid and cand not in negs:
@@ -437,7 +444,9 @@ def main() -> None:
     #    questions; then split the rest (the test split comes from data.testset when it is given)
     pairs = deduplicate(pairs, stats)
     pairs["group_id"] = connected_groups(pairs)
-    held_sets = {folder: read_beir(folder) for folder in [*testsets.values(), external_test, val_questions] if folder}
+    held_keys = {**{f: f"data.testsets.{n}" for n, f in testsets.items()}, external_test: "data.testset",
+                 val_questions: "data.val_questions"}
+    held_sets = {folder: read_beir(folder, key=key) for folder, key in held_keys.items() if folder}
     judged = {"test": judged_passages({f: held_sets[f] for f in [*testsets.values(), external_test] if f}),
               "val": judged_passages({f: held_sets[f] for f in [val_questions] if f})}
     forced = held_out_groups(pairs, judged)

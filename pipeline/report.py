@@ -133,7 +133,8 @@ def markdown(metrics: dict, per_query: pd.DataFrame, best_first: dict, corpus: d
               f"![rank change per query]({plots}/rank_change.png)", "",
               f"![score distributions]({plots}/score_distributions.png)", "",
               f"![training curves]({plots}/training_curves.png)", ""]
-    change = per_query.assign(delta=per_query["rr_finetuned"] - per_query["rr_base"])
+    rr = f"rr@{cfg['mrr_k']}"
+    change = per_query.assign(delta=per_query[f"{rr}_finetuned"] - per_query[f"{rr}_base"])
     n = int(cfg["report_examples"])
     for title, rows in [("Biggest wins (fine-tuned ranks the answer higher)", change.nlargest(n, "delta")),
                         ("Biggest losses (fine-tuned ranks the answer lower)", change.nsmallest(n, "delta"))]:

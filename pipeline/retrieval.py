@@ -83,6 +83,12 @@ def first_relevant_rank(run: Run, qrels: dict[str, dict[str, int]]) -> dict[str,
     return out
 
 
+def reciprocal_rank_at_k(run: Run, qrels: dict[str, dict[str, int]], k: int) -> dict[str, float]:
+    """1 / rank of the first relevant passage per query, 0 when it is below rank k or missing: the per-query term
+    of MRR@k, so its mean is per_query_metrics' mrr@k."""
+    return {q: 1.0 / r if r <= k else 0.0 for q, r in first_relevant_rank(run, qrels).items()}  # NaN <= k is False
+
+
 def per_query_metrics(run: Run, qrels: dict[str, dict[str, int]], cfg: dict) -> pd.DataFrame:
     """One row per query: mrr@k, ndcg@k, map@k and recall@k under the keys reported in metrics.json.
 

@@ -4,6 +4,7 @@ Reads   params: model.base, train.*; files: data/prepared/train.jsonl, data/prep
 Writes  models/finetuned/         the fine-tuned model (safetensors): the checkpoint with the best validation score,
                                   merged with the base model at the weight that validates best
         reports/train/            dvclive logs: loss and validation metrics per step, metrics.json summary
+                                  (both written aside and moved into place together when training succeeded)
 
 The validation score is the mean NDCG@10 of two sets: the FAQ-style validation split and questions as users write
 them (the user's own, or messages made by pipeline/user_questions.py). A model that gains on the FAQ's wording and
@@ -85,9 +86,21 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             *(dataset[c] for c in dataset.column_names if c not in (valid_label_columns or [])))]
 
     def __len__(self) -> int:
-        return len(self.groups) // self.batch_size if self.drop_last else math.ceil(len(self.groups) / self.batch_size)
+        # exactly what __iter__ yields this epoch: clashing rows that wait can add (short) batches
+        return len(self._epoch_batches())
 
     def __iter__(self):
+        yield from self._epoch_batches()
+
+    def _epoch_batches(self) -> list[list[int]]:
+        """The batches of the current epoch, computed once per (seed, epoch): deterministic, so len() and iter()
+        agree however often the trainer asks."""
+        key = (self.seed, self.epoch)
+        if getattr(self, "_cache", (None,))[0] != key:
+            self._cache = (key, list(self._make_batches()))
+        return self._cache[1]
+
+    def _make_batches(self):
         rng = np.random.default_rng(self.seed + self.epoch)
         members = defaultdict(list)
         for row, group in enumerate(self.groups):
@@ -119,6 +132,20 @@ def merged_state(base: dict, tuned: dict, alpha: float) -> dict:
     with the base weights keeps most of the gain and much of that knowledge (bench/README.md).
     """
     return {k: torch.lerp(base[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
+
+
+def kept_evaluation(log_history: list[dict], best_step: int | None, metric: str = f"eval_{BEST_METRIC}") -> dict | None:
+    """The validation record of the checkpoint training kept: the evaluation at trainer.state.best_global_step.
+
+    The step-0 evaluation (eval_on_start, the untrained model) is never it, however well it scored: no checkpoint
+    is saved at step 0, so load_best_model_at_end cannot go back to it (transformers does not count it for
+    best_global_step either). With no best step recorded the final weights are kept: their (last) evaluation.
+    None when nothing after step 0 was evaluated.
+    """
+    trained = [h for h in log_history if metric in h and h.get("step", 0) > 0]
+    if best_step:
+        return next((h for h in trained if h["step"] == best_step), None)
+    return trained[-1] if trained else None
 
 
 def set_dropout(model, p) -> int:
@@ -228,7 +255,10 @@ def main() -> None:
 
     # 4. Training arguments
     batch_size = int(cfg["batch_size"])
-    steps = math.ceil(len(train_dataset) / batch_size) * float(cfg["epochs"])
+    batches = math.ceil(len(train_dataset) / batch_size)
+    if batch_sampler is not BatchSamplers.NO_DUPLICATES:  # grouped: rows that clash wait, which can add batches
+        batches = len(batch_sampler(train_dataset, batch_size=batch_size, drop_last=False, seed=int(cfg["seed"])))
+    steps = batches * float(cfg["epochs"])
     if int(cfg["max_steps"]) > 0:
         steps = min(steps, int(cfg["max_steps"]))
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))
@@ -260,8 +290,10 @@ def main() -> None:
         dataloader_num_workers=0,
     )
 
-    LIVE_DIR.mkdir(parents=True, exist_ok=True)
-    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    # dvclive writes aside (beside the checkpoints), moved into place with the model at the end: a failed run leaves
+    # the previous reports/train and models/finetuned as they were, never new logs beside an old model
+    live_tmp = checkpoints / "dvclive"
+    with Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         live.log_params({k: cfg[k] for k in sorted(cfg)})
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
@@ -273,6 +305,7 @@ def main() -> None:
         train_seconds = time.perf_counter() - start
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
         before = history[0]
+        kept = kept_evaluation(trainer.state.log_history, trainer.state.best_global_step) or history[-1]
 
         # 7. Evaluate after: the kept checkpoint merged with the base model at each weight (1.0: as trained)
         tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -288,7 +321,7 @@ def main() -> None:
         after = merges[alpha]
         log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f);"
                  " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC],
-                 trainer.state.best_global_step, alpha, train_seconds / 60)
+                 kept.get("step"), alpha, train_seconds / 60)
         live.summary = {
             "val_ndcg@10_before": round(before["eval_val_cosine_ndcg@10"], 4),
             "val_ndcg@10_best": round(after["val_cosine_ndcg@10"], 4),
@@ -298,7 +331,7 @@ def main() -> None:
             "val_users_mrr@10_best": round(after["val_users_cosine_mrr@10"], 4),
             "merge_alpha": alpha,
             "merge_scores": {f"{a:g}": round(m[BEST_METRIC], 4) for a, m in merges.items()},
-            "best_step": int(trainer.state.best_global_step or 0),
+            "best_step": int(kept.get("step", 0)),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
             "pairs_per_second": round(trainer.state.global_step * batch_size / train_seconds, 2),
@@ -306,9 +339,10 @@ def main() -> None:
             "precision": precision,
         }
 
-    # 8. Save the chosen model as safetensors
-    with atomic_dir(MODEL_DIR) as tmp:
+    # 8. Save the chosen model as safetensors, and the logs beside it
+    with atomic_dir(LIVE_DIR) as live_out, atomic_dir(MODEL_DIR) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("wrote %s and %s", MODEL_DIR, LIVE_DIR)
 

@@ -66,3 +66,17 @@ def test_paired_test_is_seeded_and_sensible():
     assert same == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
     noise = paired_test(base + rng.normal(0, 0.01, 200), base, samples=2000, seed=0)
     assert noise["ci_low"] < 0 < noise["ci_high"] or noise["p_value"] > 0.01
+
+
+def test_per_query_reciprocal_rank_has_the_mrr_cutoff():
+    """per_query.csv's rr@10 columns average to metrics.json's mrr@10: a first relevant passage at rank 15 counts 0."""
+    from pipeline.retrieval import reciprocal_rank_at_k
+
+    docs = [f"d{i:02d}" for i in range(1, 21)]
+    run = {q: {d: 1.0 - i / 100 for i, d in enumerate(docs)} for q in ("qa", "qb", "qc", "qd")}
+    qrels = {"qa": {"d01": 1}, "qb": {"d15": 1}, "qc": {"d10": 1, "d03": 1}, "qd": {"d99": 1}}  # ranks 1, 15, 3, none
+    cfg = dict(CFG, depth=20)
+    rr = reciprocal_rank_at_k(run, qrels, cfg["mrr_k"])
+    assert rr == pytest.approx({"qa": 1.0, "qb": 0.0, "qc": 1 / 3, "qd": 0.0})
+    assert np.mean(list(rr.values())) == pytest.approx(per_query_metrics(run, qrels, cfg)["mrr@10"].mean())
+    assert reciprocal_rank_at_k(run, qrels, 20)["qb"] == pytest.approx(1 / 15)

@@ -75,7 +75,7 @@ def test_outputs_and_metric_file_shape(repo):
     for png in ["recall_at_k", "rank_change", "score_distributions", "training_curves"]:
         assert (repo / f"reports/plots/{png}.png").stat().st_size > 1000
     per_query = (repo / "reports/per_query.csv").read_text().splitlines()
-    assert per_query[0].startswith("query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr_base")
+    assert per_query[0].startswith("query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr@10_base")
     assert len(per_query) - 1 == stats["pairs"]["test_queries"]
     report = (repo / "reports/report.md").read_text()
     assert "| fine-tuned |" in report and "![recall@k](plots/recall_at_k.png)" in report
@@ -145,3 +145,10 @@ def test_bad_input_fails_cleanly_and_writes_nothing(repo, tmp_path):
     assert "faq.csv:3: field 'answer' is empty" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (bad / "data/prepared").exists() and not (bad / "reports/data_stats.json").exists()
+
+
+def test_dvc_plots_output_is_ignored(tmp_path):
+    """`dvc plots show` / `dvc plots diff` write dvc_plots/index.html into the project: generated, never committed."""
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    run(["git", "init", "-q"], tmp_path)
+    assert run(["git", "check-ignore", "dvc_plots/index.html"], tmp_path, check=False).returncode == 0

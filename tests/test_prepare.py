@@ -178,3 +178,35 @@ def test_synthetic_queries_from_a_local_seq2seq_model(tmp_path):
     assert df.equals(synthetic_pairs(passages, cfg, seed=0))  # seeded
     with pytest.raises(InputError, match="is not a local folder"):
         synthetic_pairs(passages, dict(cfg, model=str(tmp_path / "missing")), seed=0)
+
+
+def test_random_negative_fill_stops_when_the_other_groups_run_out(tiny_model):
+    """Group 1 has 2 passages: num 2 takes both for every group-0 pair; num 3 cannot be filled and says so (it used to
+    loop forever drawing from a pool that had nothing left)."""
+    import signal
+
+    from pipeline.common import load_model
+
+    def hang(signum, frame):
+        raise TimeoutError("add_hard_negatives did not terminate")
+
+    rows = [{"query": f"question {i} about cats", "positive": f"answer {i} about cats", "group_id": 0} for i in range(5)]
+    rows += [{"query": f"question {i} about cows", "positive": f"answer {i} about cows", "group_id": 1} for i in range(2)]
+    train = pd.DataFrame(rows)
+    model = load_model(tiny_model, device="cpu")
+    cfg = {"num": 2, "miner": "bm25", "candidates": 1, "range_max": 3, "relative_margin": None,
+           "absolute_margin": None, "batch_size": 8}
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(15)
+    try:
+        stats = {}
+        tuples = add_hard_negatives(train, model, cfg, seed=0, stats=stats)
+        for r in tuples[tuples["group"] == 0].itertuples():
+            assert {r.negative_1, r.negative_2} == {"answer 0 about cows", "answer 1 about cows"}
+        assert stats["negatives"]["pairs_missing_hard_negatives"] > 0  # candidates 1: the fill was needed
+        with pytest.raises(InputError, match=r"prepare.negatives.num 3 is too large for the data: 2 passages outside "
+                                             r"the group of the training pair 'question 0 about cats'"):
+            add_hard_negatives(train, model, dict(cfg, num=3), seed=0, stats={})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -123,3 +124,39 @@ def test_resolve_model_order(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(InputError, match="not in the hub cache"):
         resolve_model("someone/not-installed-model")
+
+
+def test_csv_field_over_the_default_csv_limit_reads(tmp_path):
+    """Python's csv stops at 131072 characters a field by default; a 1 MB answer is a valid answer."""
+    answer = "word " * 200_000 + "end"
+    f = write(tmp_path / "faq.csv", f'question,answer\nQ1?,"{answer}"\nQ2?,A2\n')
+    df = read_records(f, FIELDS)
+    assert df["positive"].tolist() == [answer, "A2"] and df["where"].tolist() == ["faq.csv:2", "faq.csv:3"]
+
+
+@pytest.mark.parametrize("bad, line", [
+    ('Q2?,"an answer that never closes its quote\nQ3?,A3\nQ4?,A4\n', 3),  # would swallow the rows after it
+    ('Q2?,"quoted" then more\nQ3?,A3\n', 3),                               # a stray quote
+])
+def test_csv_broken_quote_names_file_and_line(tmp_path, bad, line):
+    f = write(tmp_path / "faq.csv", "question,answer\nQ1?,A1\n" + bad)
+    with pytest.raises(InputError, match=rf"faq.csv:{line}: unreadable CSV"):
+        read_records(f, FIELDS)
+
+
+def test_a_folder_where_a_file_is_expected_names_the_params_key(tmp_path):
+    (tmp_path / "faq").mkdir()
+    with pytest.raises(InputError, match=re.escape(f"params.yaml: data.faq: {tmp_path / 'faq'} is a folder, expected a file")):
+        read_records(tmp_path / "faq", FIELDS, key="data.faq")
+
+
+def test_a_file_where_a_folder_is_expected_names_the_params_key(tmp_path):
+    kb = write(tmp_path / "parvo.md", "# Parvo\n\n## Signs\nVomiting.\n")
+    with pytest.raises(InputError, match=re.escape(f"params.yaml: data.kb: {kb} is a file, expected a folder")):
+        read_kb(kb)
+    testset = write(tmp_path / "test.jsonl", '{"_id": "q1", "text": "What is parvo?"}\n')
+    with pytest.raises(InputError, match=re.escape(f"params.yaml: data.testset: {testset} is a file, expected a BEIR folder")):
+        read_beir(testset, key="data.testset")
+    # a BEIR corpus.jsonl is still a valid knowledge base
+    corpus = write(tmp_path / "corpus.jsonl", '{"_id": "d1", "title": "Parvo", "text": "A virus."}\n')
+    assert [p["text"] for p in read_kb(corpus)] == ["A virus."]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import tempfile
+from types import SimpleNamespace
 
-from pipeline.common import InputError, load_model
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.common import ROOT, InputError, load_model, load_params, set_params, write_beir
 from pipeline.train import build_loss
 
 ROWS = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(4)]
@@ -140,3 +146,182 @@ def test_dropout_param_reaches_every_layer(tiny_model):
     for bad in (1.0, -0.1, "none"):
         with pytest.raises(InputError, match="train.dropout"):
             set_dropout(model, bad)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("case", ["repeated_passages", "repeated_questions", "one_big_group", "mixed"])
+def test_grouped_sampler_len_is_the_number_of_batches_it_yields(case, drop_last):
+    """Clashing rows wait for a later batch, so there can be more batches than rows / batch_size: len() must count
+    the batches __iter__ really yields (the trainer derives epochs, the LR schedule and eval_steps from it)."""
+    if case == "repeated_passages":  # every group answers all its questions with one of two passages
+        rows = [{"anchor": f"question {i} on {g}", "positive": f"passage {i % 2} on {g}"}
+                for g in range(5) for i in range(6)]
+        groups = [g for g in range(5) for _ in range(6)]
+    elif case == "repeated_questions":  # one question asked again and again with different answers
+        rows = [{"anchor": (f"What is {g}?" if i % 2 else f"what is {g}") if i < 5 else f"question {i} on {g}",
+                 "positive": f"answer {i} on {g}"} for g in range(5) for i in range(7)]
+        groups = [g for g in range(5) for _ in range(7)]
+    elif case == "one_big_group":  # a single group where a third of the rows share a passage
+        rows = [{"anchor": f"q{i}", "positive": "same" if i % 3 == 0 else f"p{i}"} for i in range(20)]
+        groups = [0] * 20
+    else:  # groups of unequal size, some clashing, some not
+        rows, groups = [], []
+        for g, size in enumerate([1, 9, 3, 12, 2, 5]):
+            for i in range(size):
+                rows.append({"anchor": f"q{i % 4} {g}", "positive": f"p{i % 3} {g}" if g % 2 else f"p{i} {g}"})
+                groups.append(g)
+    for epoch in range(3):
+        batches, sampler = grouped_batches(rows, groups, 4, epoch=epoch, drop_last=drop_last)
+        assert len(sampler) == len(batches), (case, epoch)
+        assert len(sampler) == len(list(sampler))  # asked again: the same epoch, the same answer
+        if drop_last:
+            assert all(len(b) == 4 for b in batches)
+        else:
+            assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+
+
+@pytest.fixture
+def train_project(tmp_path, monkeypatch, tiny_model):
+    """A project folder as the train stage sees it: params.yaml (the tiny model, 2 steps) and data/prepared/."""
+    params = set_params(load_params(path=ROOT / "params.yaml"), {
+        "model.base": tiny_model, "train.max_steps": 2, "train.batch_size": 4, "train.max_seq_length": 16,
+        "train.evaluations": 1, "train.precision": "fp32"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    rows = [{"anchor": f"question {i}", "positive": f"answer {i}", "group": i} for i in range(8)]
+    pd.DataFrame(rows).to_json(prepared / "train.jsonl", orient="records", lines=True)
+    write_beir(prepared / "val", {f"d{i}": f"answer {i}" for i in range(4)}, {f"q{i}": f"question {i}" for i in range(4)},
+               {f"q{i}": {f"d{i}": 1} for i in range(4)})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the checkpoints a failed run leaves behind
+    return tmp_path
+
+
+def evaluation(step, ndcg, mrr):
+    return {"eval_val_cosine_ndcg@10": ndcg, "eval_val_cosine_mrr@10": mrr, "step": step}
+
+
+# the untrained model (eval_on_start, step 0) scores highest; load_best_model_at_end keeps the checkpoint of step 4
+HISTORY = [evaluation(0, 0.9, 0.8), {"loss": 2.0, "step": 1}, evaluation(2, 0.5, 0.4), {"loss": 1.5, "step": 3},
+           evaluation(4, 0.6, 0.55), evaluation(6, 0.58, 0.6)]
+
+
+def test_kept_evaluation_is_the_kept_checkpoints_never_step_0():
+    from pipeline.train import kept_evaluation
+
+    assert kept_evaluation(HISTORY, 4) == evaluation(4, 0.6, 0.55)
+    assert kept_evaluation(HISTORY, 6) == evaluation(6, 0.58, 0.6)
+    # no best checkpoint recorded: the final model is what is kept, so its (last) evaluation, never step 0's
+    assert kept_evaluation(HISTORY, None) == evaluation(6, 0.58, 0.6)
+    assert kept_evaluation(HISTORY[:2], None) is None
+
+
+class FakeTrainer:
+    """Stands in for SentenceTransformerTrainer: no training, the log HISTORY, step 4 kept."""
+
+    def __init__(self, model, **kwargs):
+        self.model, self.state = model, SimpleNamespace(log_history=[], best_global_step=None, global_step=0)
+
+    def train(self):
+        self.state.log_history, self.state.best_global_step, self.state.global_step = HISTORY, 4, 6
+
+
+def test_train_summary_reports_the_kept_checkpoint(train_project, monkeypatch):
+    """The summary's best NDCG/MRR and step are those of the checkpoint load_best_model_at_end kept (step 4), not the
+    step-0 evaluation of the untrained model, which scored higher but has no checkpoint."""
+    import sentence_transformers
+
+    from pipeline import train
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
+    train.main()
+    summary = json.loads((train_project / "reports/train/metrics.json").read_text())
+    assert summary["val_ndcg@10_before"] == 0.9
+    assert (summary["val_ndcg@10_best"], summary["val_mrr@10_best"], summary["best_step"]) == (0.6, 0.55, 4)
+    assert (train_project / "models/finetuned/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_needs_native_bf16_on_the_gpu(monkeypatch, capability, expected):
+    """Before Ampere (compute capability 8.0) a GPU only emulates bf16 (torch.cuda.is_bf16_supported() still says
+    True by default): slower than fp32, so `auto` must not pick it."""
+    import torch
+
+    from pipeline.common import pick_precision
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=capability[0], minor=capability[1]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True, raising=False)  # emulation works
+    assert pick_precision("auto", "train.precision") == expected
+
+
+def snapshot(*folders):
+    """Every file under the folders, with its bytes; and what else lies beside them (temporaries left behind)."""
+    files = {str(f): f.read_bytes() for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()}
+    return files, {folder.parent: sorted(p.name for p in folder.parent.iterdir()) for folder in folders}
+
+
+def test_failed_training_leaves_the_previous_logs_and_model(train_project, monkeypatch):
+    """dvclive used to clean and rewrite reports/train in place: a run that failed mid-training left the old model
+    beside new, partial logs. Now both are written aside and moved into place together at the end."""
+    import sentence_transformers
+
+    from pipeline import train
+
+    live, model = train_project / "reports/train", train_project / "models/finetuned"
+    (live / "plots/metrics").mkdir(parents=True)
+    (live / "metrics.json").write_text('{"val_ndcg@10_best": 0.5}\n')
+    (live / "params.yaml").write_text("epochs: 1\n")
+    (live / "plots/metrics/loss.tsv").write_text("step\tloss\n0\t1.0\n")
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"previous model")
+    before = snapshot(live, model)
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(sentence_transformers.SentenceTransformerTrainer, "train", fail)
+    with pytest.raises(RuntimeError, match="killed mid-training"):
+        train.main()
+    assert snapshot(live, model) == before
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
+    train.main()  # a run that succeeds replaces both
+    assert json.loads((live / "metrics.json").read_text())["best_step"] == 4
+    assert yaml.safe_load((live / "params.yaml").read_text())["max_steps"] == 2
+    assert not (live / "plots/metrics/loss.tsv").exists()  # the old run's curve is not mixed into the new logs
+    assert (model / "model.safetensors").read_bytes() != b"previous model"
+    assert snapshot(live, model)[1] == before[1]  # no temporaries left beside them
+
+
+def test_eval_steps_count_the_grouped_batches(train_project, monkeypatch):
+    """The checks are spread over the steps training really takes: with grouped batches a row whose passage is
+    already in the batch waits, so 8 rows sharing one passage are 8 batches of 1, not 2 batches of 4."""
+    import sentence_transformers
+
+    from pipeline import train
+
+    params = yaml.safe_load((train_project / "params.yaml").read_text())
+    params["train"].update(max_steps=-1, epochs=1, evaluations=2)
+    (train_project / "params.yaml").write_text(yaml.safe_dump(params))
+    rows = [{"anchor": f"question {i}", "positive": "the same answer", "group": 0} for i in range(8)]
+    pd.DataFrame(rows).to_json(train_project / "data/prepared/train.jsonl", orient="records", lines=True)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(model, args, **kwargs):
+        seen["args"] = args
+        raise Stop
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", capture)
+    with pytest.raises(Stop):
+        train.main()
+    assert seen["args"].eval_steps == seen["args"].save_steps == 4  # 8 steps, 2 checks
