@@ -29,6 +29,7 @@ from pipeline.common import set_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
+CONSUMER = ROOT.parent / "shared" / "bench" / "consumer_questions"  # real users' questions: scored, never trained on
 STAGES = ["prepare", "train", "baselines", "evaluate", "index", "index_base"]
 # Runs one stage and reports the peak resident memory of the processes it waited for (the stage's python).
 STAGE_WRAPPER = (
@@ -59,7 +60,10 @@ def make_workdir(name: str, overrides: dict) -> Path:
         "glossary": [],
         "kb": str(MEDQUAD / "test" / "corpus.jsonl"),
         "testset": str(MEDQUAD / "test"),
+        "testsets": {"consumer_questions": str(CONSUMER)},  # read in place, never copied into the project
+        "val_questions": None,  # no real validation questions: messages made from the validation pairs
     })
+    params["evaluate"]["guards"] = ["consumer_questions"]
     params["prepare"]["kb_pairs"] = False  # the test corpus is the knowledge base here: never train on it
     params["index"]["include_faq_answers"] = False
     set_params(params, overrides)

@@ -1,7 +1,8 @@
 """Stage 3b, evaluate: score the fine-tuned model and a hybrid against the baselines on every held-out set.
 
 Reads   params: evaluate.*
-        files:  data/prepared/{test,testsets/*,val,val_users}/, models/finetuned/, reports/baselines/, reports/train/
+        files:  data/prepared/{test,testsets/*,val,val_users}/, models/finetuned/, reports/baselines/, reports/train/,
+                reports/data_stats.json
 Writes  reports/metrics.json     the main test set (the FAQ split or data.testset) at the top level, as always:
                                    "base", "finetuned", "bm25", "hybrid": mrr@10, ndcg@10, map@100, recall@1/5/10/20;
                                    "finetuned_vs_base", "finetuned_vs_bm25": paired delta, 95% bootstrap interval,
@@ -15,12 +16,15 @@ Writes  reports/metrics.json     the main test set (the FAQ split or data.testse
         reports/plots/           recall@k curve (CSV for `dvc plots`, PNG), rank change, score distributions,
                                  training curves (PNG)
         reports/report.md        the one page to show a colleague: a verdict per held-out set first
+        reports/serve.json       which model the index serves: the base model when the fine-tuned one is
+                                 significantly worse on a guard set (evaluate.guards), and why
 
     python -m pipeline.evaluate
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,7 +33,16 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from pipeline import report
-from pipeline.common import atomic_dir, atomic_file, load_model, load_params, read_beir, read_topics, run_main, write_json
+from pipeline.common import (
+    atomic_dir,
+    atomic_file,
+    load_model,
+    load_params,
+    read_beir,
+    read_topics,
+    run_main,
+    write_json,
+)
 from pipeline.retrieval import (
     dense_run,
     first_relevant_rank,
@@ -52,6 +65,8 @@ METRICS = Path("reports/metrics.json")
 PER_QUERY = Path("reports/per_query.csv")
 PLOTS = Path("reports/plots")
 REPORT = Path("reports/report.md")
+SERVE = Path("reports/serve.json")
+STATS = Path("reports/data_stats.json")
 SYSTEMS = ["base", "finetuned", "bm25", "hybrid"]
 
 
@@ -93,9 +108,10 @@ def main() -> None:
 
     # 1. Every held-out set (the main test set, then data.testsets): fine-tuned run, the baselines' runs, the hybrid
     metrics: dict = {}
-    tables, scores, main = [], {}, {}
+    tables, scores, main, sizes = [], {}, {}, {}
     for name, folder in held_out_sets(PREPARED).items():
         corpus, queries, qrels = read_beir(folder)
+        sizes[name] = len(qrels)
         runs = {s: load_run(BASELINES / f"{name}_{s}.json") for s in ("base", "bm25")}
         runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size)
         runs["hybrid"] = rrf([runs["bm25"], runs["finetuned"]], int(cfg["rrf_k"]), depth)
@@ -131,15 +147,23 @@ def main() -> None:
         m: paired_test(scores["val_users"]["finetuned"][m], scores["val_users"]["base"][m], samples, seed)
         for m in headline}
 
-    # 3. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
+    # 3. Do no harm: which model the index serves (the base model when the fine-tuned one loses on a guard set)
+    serve = report.serving_decision(metrics, list(cfg["guards"] or []), sizes, headline[1])
+    for warning in serve["warnings"]:
+        log.warning("%s", warning)
+    if serve["model"] == "base":
+        log.warning("the index will serve the base model: %s", serve["reason"])
+
+    # 4. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
     per_query = pd.concat(tables, ignore_index=True)
     test_rows = per_query[per_query["set"] == "test"]
     curves = pd.DataFrame({"k": range(1, depth + 1)})
     for s in SYSTEMS:
         curves[s] = [round(float(scores["test"][s][f"recall@{k}"].mean()), 4) for k in curves["k"]]
     best_first = {s: {q: (ranked(run.get(q, {})) or [None])[0] for q in main["qrels"]} for s, run in main["runs"].items()}
+    stats = json.loads(STATS.read_text(encoding="utf-8"))
     with atomic_dir(PLOTS) as plots, atomic_file(PER_QUERY) as per_query_tmp, atomic_file(REPORT) as report_tmp, \
-            atomic_file(METRICS) as metrics_tmp:
+            atomic_file(METRICS) as metrics_tmp, atomic_file(SERVE) as serve_tmp:
         curves.to_csv(plots / "recall_at_k.csv", index=False)
         report.plot_recall_curve(curves, plots / "recall_at_k.png")
         report.plot_rank_change(test_rows, depth, plots / "rank_change.png")
@@ -147,9 +171,10 @@ def main() -> None:
         report.plot_training_curves(TRAIN_LOGS, plots / "training_curves.png")
         per_query.to_csv(per_query_tmp, index=False, float_format="%g")
         report_tmp.write_text(report.markdown(metrics, test_rows, best_first, main["corpus"], main["qrels"], cfg,
-                                              PLOTS.name, report.read_served(TRAIN_LOGS)), encoding="utf-8")
+                                              PLOTS.name, stats, sizes, serve), encoding="utf-8")
         write_json(metrics_tmp, metrics)
-    log.info("wrote %s, %s, %s/ and %s", METRICS, PER_QUERY, PLOTS, REPORT)
+        write_json(serve_tmp, serve)
+    log.info("wrote %s, %s, %s/, %s and %s", METRICS, PER_QUERY, PLOTS, REPORT, SERVE)
 
 
 if __name__ == "__main__":

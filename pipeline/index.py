@@ -4,12 +4,14 @@ Two stages of dvc.yaml run this module, one per model, so that a new training ru
 with the new model only: the base model's index (for `compare` and `search --model base`) depends on nothing
 training reads, and DVC keeps it, as it keeps the baselines.
 
-Reads   params: data.kb, data.faq, data.faq_columns, index.*, model.base (base)
-        files:  data.kb documents (one passage per '## ' section), data.faq answers, models/finetuned/ (finetuned)
+Reads   params: data.kb, data.faq, data.faq_columns, index.*, model.base
+        files:  data.kb documents (one passage per '## ' section), data.faq answers, models/finetuned/ and
+                reports/serve.json (finetuned: evaluate's decision; the base model when the fine-tuned one lost on a
+                guard set)
 Writes  models/index/        (finetuned) or models/index_base/ (base):
             passages.jsonl   one passage a line: title, heading, text, source (file and section or line)
             <model>.faiss    inner-product index of unit vectors (= cosine)
-            info.json        which model encoded it, at what length and precision
+            info.json        which model encoded it (and which was served, and why), at what length and precision
 
     python -m pipeline.index            # the fine-tuned model
     python -m pipeline.index base       # the base model
@@ -18,6 +20,7 @@ Writes  models/index/        (finetuned) or models/index_base/ (base):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -25,12 +28,21 @@ import faiss
 import pandas as pd
 import torch
 
-from pipeline.common import (atomic_dir, load_model, load_params, pick_precision, read_kb, read_records, run_main,
-                             write_json)
+from pipeline.common import (
+    atomic_dir,
+    load_model,
+    load_params,
+    pick_precision,
+    read_kb,
+    read_records,
+    run_main,
+    write_json,
+)
 from pipeline.retrieval import encode
 
 log = logging.getLogger("pipeline.index")
 MODEL_DIR = Path("models/finetuned")
+SERVE = Path("reports/serve.json")
 INDEX_DIRS = {"finetuned": Path("models/index"), "base": Path("models/index_base")}
 
 
@@ -65,7 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", nargs="?", default="finetuned", choices=sorted(INDEX_DIRS))
     name = parser.parse_args(argv).model
     data, cfg = load_params("data"), load_params("index")
-    model_ref = str(MODEL_DIR) if name == "finetuned" else load_params("model")["base"]
+    served = {"model": "base", "reason": "the base model's own index"}
+    if name == "finetuned":  # what evaluate decided: the base model when the fine-tuned one lost on a guard set
+        served = json.loads(SERVE.read_text(encoding="utf-8"))
+        if served["model"] == "base":
+            log.warning("serving the base model, not the fine-tuned one: %s", served["reason"])
+    model_ref = str(MODEL_DIR) if served["model"] == "finetuned" else load_params("model")["base"]
     precision = pick_precision(cfg["precision"], "index.precision")
     passages = collect_passages(data, bool(cfg["include_faq_answers"]))
     texts = [f"{p['title']}: {p['heading']}. {p['text']}" if p["heading"] else p["text"] for p in passages]
@@ -73,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(INDEX_DIRS[name]) as out:
         pd.DataFrame(passages).to_json(out / "passages.jsonl", orient="records", lines=True, force_ascii=False)
         faiss.write_index(build_index(model, texts, int(cfg["batch_size"]), precision), str(out / f"{name}.faiss"))
-        write_json(out / "info.json", {"models": {name: model_ref}, "max_seq_length": int(cfg["max_seq_length"]),
-                                       "precision": precision, "passages": len(passages)})
+        write_json(out / "info.json", {"models": {name: model_ref}, "served": served["model"],
+                                       "reason": served.get("reason", "no guard set lost"),
+                                       "max_seq_length": int(cfg["max_seq_length"]), "precision": precision,
+                                       "passages": len(passages)})
     log.info("encoded %d passages with %s (%s) into %s", len(texts), model_ref, precision, INDEX_DIRS[name])
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 Run = dict[str, dict[str, float]]
 
 

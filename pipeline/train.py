@@ -25,16 +25,23 @@ import math
 import shutil
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
-from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from pipeline.common import (InputError, atomic_dir, load_model, load_params, normalize, pick_precision, read_beir,
-                             read_jsonl, run_main)
+from pipeline.common import (
+    InputError,
+    atomic_dir,
+    load_model,
+    load_params,
+    pick_precision,
+    read_beir,
+    read_jsonl,
+    run_main,
+)
+from pipeline.sampler import GroupedNoDuplicatesBatchSampler
 
 log = logging.getLogger("pipeline.train")
 PREPARED = Path("data/prepared")
@@ -60,69 +67,6 @@ def dvclive_callback(live):
             live.make_summary()
 
     return StepAlignedDVCLive()
-
-
-class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
-    """Batches made of whole groups (one FAQ focus, one document), as in topic-aware sampling (TAS-B,
-    Hofstätter et al. 2021), with no text twice in a batch.
-
-    With random batches a question almost never meets the other answers about its own subject, so in-batch
-    negatives teach "which disease" but not "which question about it" (symptoms, causes, treatment, genetics),
-    which is most of what the base model gets wrong. Here the groups are shuffled, each one's rows stay together,
-    and the stream is cut into batches: those answers become the in-batch negatives, at no extra encoding cost
-    (a mined negative doubles the passages per pair). sentence-transformers has no such sampler for in-batch
-    negative losses: GROUP_BY_LABEL deals labels two rows at a time for the triplet losses.
-    As NO_DUPLICATES, a row whose text is already in the batch waits for the next one; so does a row whose
-    normalised question is: a question asked twice with two answers has two right answers, neither a negative.
-    """
-
-    def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
-                 groups=None):
-        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
-                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
-        self.groups = list(groups)
-        # what may not repeat within a batch, per row: every text, and the normalised question
-        self.keys = [{"q:" + normalize(row[0])} | {"t:" + text for text in row} for row in zip(
-            *(dataset[c] for c in dataset.column_names if c not in (valid_label_columns or [])))]
-
-    def __len__(self) -> int:
-        # exactly what __iter__ yields this epoch: clashing rows that wait can add (short) batches
-        return len(self._epoch_batches())
-
-    def __iter__(self):
-        yield from self._epoch_batches()
-
-    def _epoch_batches(self) -> list[list[int]]:
-        """The batches of the current epoch, computed once per (seed, epoch): deterministic, so len() and iter()
-        agree however often the trainer asks."""
-        key = (self.seed, self.epoch)
-        if getattr(self, "_cache", (None,))[0] != key:
-            self._cache = (key, list(self._make_batches()))
-        return self._cache[1]
-
-    def _make_batches(self):
-        rng = np.random.default_rng(self.seed + self.epoch)
-        members = defaultdict(list)
-        for row, group in enumerate(self.groups):
-            members[group].append(row)
-        order = list(members)
-        rng.shuffle(order)
-        pending = [int(row) for group in order for row in rng.permutation(members[group])]
-        while pending:
-            # take rows in stream order; a clashing row waits and goes first in the next batch
-            batch, seen, waiting = [], set(), []
-            for i, row in enumerate(pending):
-                if len(batch) == self.batch_size:
-                    waiting += pending[i:]
-                    break
-                if self.keys[row] & seen:
-                    waiting.append(row)
-                else:
-                    batch.append(row)
-                    seen |= self.keys[row]
-            pending = waiting
-            if len(batch) == self.batch_size or not self.drop_last:
-                yield batch
 
 
 def merged_state(base: dict, tuned: dict, alpha: float) -> dict:
@@ -220,8 +164,14 @@ def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
 
 def main() -> None:
     from dvclive import Live
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+        SequentialEvaluator,
+    )
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     cfg = load_params("train")

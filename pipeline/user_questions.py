@@ -16,6 +16,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
+
+from pipeline.common import normalize
 
 QUESTION_WORDS = re.compile(r"^(what|how|can|is|are|do|does|which|who|when|where|why)\b( (is|are|do|does|can|the|a|an))*\s+",
                             re.I)
@@ -48,10 +51,27 @@ def casual(question: str, cfg: dict, rng: np.random.Generator) -> str:
 
 
 def topic_name(group) -> str | None:
-    """A readable topic from a group value ("canine-parvovirus" -> "canine parvovirus"); None when there is none."""
-    if not isinstance(group, str) or not group.strip():
+    """A readable topic from a group value ("canine-parvovirus" -> "canine parvovirus", "kb: bloat.md" -> "bloat");
+    None when there is none (a BEIR query's group names a file, not a topic)."""
+    if not isinstance(group, str) or not group.strip() or group.startswith("beir: "):
         return None
-    return re.sub(r"[-_]+", " ", group.split(": ", 1)[-1]).strip() or None
+    name = group.split(": ", 1)[1] if group.startswith(("kb: ", "glossary: ")) else group
+    return re.sub(r"[-_]+", " ", re.sub(r"\.(md|markdown|txt)$", "", name)).strip() or None
+
+
+def message(questions: list[str], name: str | None, cfg: dict, rng: np.random.Generator) -> str:
+    """One message holding these questions about one topic (name: the topic, or None)."""
+    parts = []
+    if name and rng.random() < cfg["p_subject"]:
+        parts.append(f"{name if rng.random() < 0.5 else name.lower()}.")
+    if name and cfg["contexts"] and rng.random() < cfg["p_context"]:
+        parts.append(cfg["contexts"][int(rng.integers(len(cfg["contexts"])))].format(topic=name.lower()))
+    body = [casual(q, cfg, rng) for q in questions]
+    connectors = cfg["connectors"] or [" "]
+    parts.append(body[0] + "".join(connectors[int(rng.integers(len(connectors)))] + b for b in body[1:]))
+    if cfg["closings"] and rng.random() < cfg["p_closing"]:
+        parts.append(cfg["closings"][int(rng.integers(len(cfg["closings"])))])
+    return " ".join(parts)
 
 
 def user_messages(topics: list[tuple[str | None, list[tuple[str, list[str]]]]], cfg: dict, seed: int):
@@ -67,16 +87,27 @@ def user_messages(topics: list[tuple[str | None, list[tuple[str, list[str]]]]], 
             picked = [questions[int(i)] for i in rng.permutation(len(questions))[:2]]
             if len(picked) == 2 and rng.random() >= cfg["p_second_question"]:
                 picked = picked[:1]
-            parts = []
-            if name and rng.random() < cfg["p_subject"]:
-                parts.append(f"{name if rng.random() < 0.5 else name.lower()}.")
-            if name and cfg["contexts"] and rng.random() < cfg["p_context"]:
-                parts.append(cfg["contexts"][int(rng.integers(len(cfg["contexts"])))].format(topic=name.lower()))
-            body = [casual(q, cfg, rng) for q, _ in picked]
-            connectors = cfg["connectors"] or [" "]
-            parts.append(body[0] + "".join(connectors[int(rng.integers(len(connectors)))] + b for b in body[1:]))
-            if cfg["closings"] and rng.random() < cfg["p_closing"]:
-                parts.append(cfg["closings"][int(rng.integers(len(cfg["closings"])))])
             relevant = list(dict.fromkeys(d for _, docs in picked for d in docs))
-            out.append((" ".join(parts), relevant))
+            out.append((message([q for q, _ in picked], name, cfg, rng), relevant))
     return out
+
+
+def rewrite_anchors(anchors: list[str], groups: list, fraction: float, cfg: dict, seed: int) -> list[str]:
+    """Training questions, a `fraction` of them rewritten as one-question user messages (the rest as they are):
+    the model learns that a subject line, a sentence of context or a typo does not change what is asked."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.random(len(anchors)) < fraction
+    return [message([a], topic_name(g), cfg, rng) if c else a for a, g, c in zip(anchors, groups, chosen)]
+
+
+def user_style_validation(val: pd.DataFrame, queries: dict, qrels: dict, cfg: dict, seed: int):
+    """Validation messages written the way users write (pipeline/user_questions.py) from the validation pairs,
+    topic by topic, relevant to the answers of every question they contain."""
+    group_of = dict(zip(val["q_norm"], zip(val["group_id"], val["group"])))
+    topics: dict = {}
+    for qid, text in queries.items():
+        gid, name = group_of[normalize(text)]
+        topics.setdefault(gid, (topic_name(name), []))[1].append((text, list(qrels[qid])))
+    messages = user_messages(list(topics.values()), cfg, seed)
+    return ({f"u{i}": text for i, (text, _) in enumerate(messages)},
+            {f"u{i}": dict.fromkeys(docs, 1) for i, (_, docs) in enumerate(messages)})

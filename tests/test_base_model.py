@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.common import load_model
-from pipeline.prepare import leakage_guard, normalize
+from pipeline.common import load_model, normalize
+from pipeline.split import leakage_guard
 
 
 @pytest.fixture(scope="module")

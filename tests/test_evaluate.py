@@ -1,4 +1,5 @@
-"""evaluate: its outputs are replaced together, only once everything succeeded."""
+"""evaluate: every held-out set scored under stable keys, a verdict per set, do no harm, and outputs replaced
+together only once everything succeeded."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.common import ROOT, load_params, set_params, write_beir
+from pipeline.common import ROOT, InputError, load_params, set_params, write_beir
 
-OUTPUTS = ["reports/metrics.json", "reports/per_query.csv", "reports/plots", "reports/report.md"]
+OUTPUTS = ["reports/metrics.json", "reports/per_query.csv", "reports/plots", "reports/report.md", "reports/serve.json"]
 
 
 @pytest.fixture
@@ -20,13 +21,15 @@ def evaluate_project(tmp_path, monkeypatch, tiny_model):
 
     params = set_params(load_params(path=ROOT / "params.yaml"), {
         "model.base": tiny_model, "evaluate.depth": 6, "evaluate.max_seq_length": 16,
-        "evaluate.bootstrap_samples": 50, "evaluate.report_examples": 2})
+        "evaluate.bootstrap_samples": 50, "evaluate.report_examples": 2, "evaluate.guards": ["users"]})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     corpus = {f"d{i}": f"answer {i} about topic {i}" for i in range(6)}
     queries = {f"q{i}": f"question about topic {i}" for i in range(4)}
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(4)}
-    for split in ("test", "val", "val_noisy"):
+    for split in ("test", "val", "val_users", "testsets/users"):
         write_beir(tmp_path / "data/prepared" / split, corpus, queries, qrels)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/data_stats.json").write_text('{"pairs": {"train_by_source": {"faq": 9, "glossary": 1}}}')
     shutil.copytree(tiny_model, tmp_path / "models/finetuned")
     monkeypatch.chdir(tmp_path)
     baselines.main()
@@ -50,7 +53,8 @@ def test_a_failure_leaves_every_previous_output(evaluate_project, monkeypatch):
     root = evaluate_project
     (root / "reports/plots").mkdir(parents=True)
     (root / "reports/plots/recall_at_k.csv").write_text("k,base\n1,0.5\n")
-    for name, text in [("metrics.json", '{"old": 1}\n'), ("per_query.csv", "query_id\nold\n"), ("report.md", "old\n")]:
+    for name, text in [("metrics.json", '{"old": 1}\n'), ("per_query.csv", "query_id\nold\n"), ("report.md", "old\n"),
+                       ("serve.json", "{}\n")]:
         (root / "reports" / name).write_text(text)
     before = snapshot(root)
 
@@ -66,7 +70,37 @@ def test_a_failure_leaves_every_previous_output(evaluate_project, monkeypatch):
     evaluate.main()  # a run that succeeds replaces them all
     after = snapshot(root)
     assert after[1] == before[1]  # no temporaries left in reports/
-    assert set(json.loads((root / "reports/metrics.json").read_text())) >= {"base", "finetuned", "finetuned_vs_base"}
-    assert (root / "reports/per_query.csv").read_text().startswith("query_id,query,rank_base")
-    assert (root / "reports/report.md").read_text().startswith("# Retrieval report")
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert set(metrics) >= {"base", "finetuned", "finetuned_vs_base", "testsets", "finetuned_val_users"}
+    assert set(metrics["testsets"]["users"]) == {"base", "finetuned", "bm25", "hybrid", "finetuned_vs_base"}
+    per_query = (root / "reports/per_query.csv").read_text().splitlines()
+    assert per_query[0].startswith("set,query_id,query,rank_base")
+    assert sorted({line.split(",")[0] for line in per_query[1:]}) == ["test", "users"]  # every held-out set
+    report_text = (root / "reports/report.md").read_text()
+    assert report_text.startswith("# Retrieval report\n\n- **test** (4 questions): fine-tuned")
+    assert "- **users** (4 questions)" in report_text and "guard set users has 4 judged questions" in report_text
+    assert json.loads((root / "reports/serve.json").read_text())["guards"] == ["users"]
     assert (root / "reports/plots/training_curves.png").is_file()
+
+
+def comparison(delta, low, high):
+    return {"finetuned_vs_base": {"ndcg@10": {"delta": delta, "ci_low": low, "ci_high": high, "p_value": 0.01}}}
+
+
+def test_a_significant_loss_on_a_guard_set_serves_the_base_model():
+    from pipeline.report import serving_decision
+
+    metrics = {**comparison(0.1, 0.05, 0.15), "testsets": {"real": comparison(-0.09, -0.12, -0.06),
+                                                            "other": comparison(-0.2, -0.3, -0.1)}}
+    sizes = {"test": 100, "real": 60, "other": 10}
+    decision = serving_decision(metrics, ["real"], sizes, "ndcg@10")
+    assert decision["model"] == "base"
+    assert decision["reason"] == "worse than the base model on real: ndcg@10 -0.0900 [-0.1200, -0.0600]"
+    assert decision["warnings"] == []
+    # a loss whose interval includes zero is no reason; a set that is not a guard is not asked
+    metrics["testsets"]["real"] = comparison(-0.03, -0.07, 0.01)
+    assert serving_decision(metrics, ["real", "test"], sizes, "ndcg@10")["model"] == "finetuned"
+    # a guard set too small to guard anything says so
+    assert "fewer than 20" in serving_decision(metrics, ["other"], sizes, "ndcg@10")["warnings"][0]
+    with pytest.raises(InputError, match="evaluate.guards names"):
+        serving_decision(metrics, ["missing"], sizes, "ndcg@10")

@@ -80,3 +80,19 @@ def test_per_query_reciprocal_rank_has_the_mrr_cutoff():
     assert rr == pytest.approx({"qa": 1.0, "qb": 0.0, "qc": 1 / 3, "qd": 0.0})
     assert np.mean(list(rr.values())) == pytest.approx(per_query_metrics(run, qrels, cfg)["mrr@10"].mean())
     assert reciprocal_rank_at_k(run, qrels, 20)["qb"] == pytest.approx(1 / 15)
+
+
+def test_questions_sharing_a_topic_are_resampled_together():
+    """20 questions on each of 10 topics, the gain set by the topic: resampling questions as if independent gives
+    an interval far too narrow; resampling topics gives the honest one."""
+    rng = np.random.default_rng(1)
+    topic_gain = rng.normal(0.05, 0.1, 10)
+    topics = pd.Series([f"t{i // 20}" for i in range(200)], index=[f"q{i}" for i in range(200)])
+    base = pd.Series(rng.uniform(0.3, 0.7, 200), index=topics.index)
+    tuned = base + np.repeat(topic_gain, 20) + rng.normal(0, 0.01, 200)
+    by_question = paired_test(tuned, base, samples=2000, seed=0)
+    by_topic = paired_test(tuned, base, samples=2000, seed=0, topics=topics)
+    assert by_topic["delta"] == by_question["delta"]
+    width = lambda t: t["ci_high"] - t["ci_low"]
+    assert width(by_topic) > 3 * width(by_question)
+    assert by_topic["p_value"] > by_question["p_value"]

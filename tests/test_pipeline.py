@@ -46,7 +46,7 @@ def repo(tmp_path_factory, tiny_model) -> Path:
         "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
         "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
         "evaluate.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50,
-        "index.max_seq_length": 32,
+        "index.max_seq_length": 32, "evaluate.guards": [],
     })
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
@@ -60,12 +60,17 @@ def repo(tmp_path_factory, tiny_model) -> Path:
 
 def test_outputs_and_metric_file_shape(repo):
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    for system in ["base", "finetuned", "bm25", "hybrid", "base_noisy", "finetuned_noisy"]:
+    blocks = [metrics, metrics["testsets"]["pet_owners"]]  # the main test set's keys, and each named set's
+    for block in blocks:
+        for system in ["base", "finetuned", "bm25", "hybrid"]:
+            assert list(block[system]) == METRIC_KEYS
+            assert all(0.0 <= v <= 1.0 for v in block[system].values())
+    for system in ["base_val", "finetuned_val", "base_val_users", "finetuned_val_users"]:
         assert list(metrics[system]) == METRIC_KEYS
-        assert all(0.0 <= v <= 1.0 for v in metrics[system].values())
-    for comp in ["finetuned_vs_base", "finetuned_vs_bm25"]:
+    for comp in [metrics["finetuned_vs_base"], metrics["finetuned_vs_bm25"], blocks[1]["finetuned_vs_base"],
+                 metrics["finetuned_val_users_vs_base_val_users"]]:
         for m in ["mrr@10", "ndcg@10"]:
-            t = metrics[comp][m]
+            t = comp[m]
             assert set(t) == {"delta", "ci_low", "ci_high", "p_value"} and t["ci_low"] <= t["delta"] <= t["ci_high"]
     stats = json.loads((repo / "reports/data_stats.json").read_text())
     assert stats["pairs"]["train"] == 48 and stats["pairs"]["test_queries"] > 0
@@ -75,10 +80,12 @@ def test_outputs_and_metric_file_shape(repo):
     for png in ["recall_at_k", "rank_change", "score_distributions", "training_curves"]:
         assert (repo / f"reports/plots/{png}.png").stat().st_size > 1000
     per_query = (repo / "reports/per_query.csv").read_text().splitlines()
-    assert per_query[0].startswith("query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr@10_base")
-    assert len(per_query) - 1 == stats["pairs"]["test_queries"]
+    assert per_query[0].startswith("set,query_id,query,rank_base,rank_finetuned,rank_bm25,rank_hybrid,rr@10_base")
+    assert len(per_query) - 1 == stats["pairs"]["test_queries"] + 170  # the FAQ split and the 170 pet owners' questions
     report = (repo / "reports/report.md").read_text()
     assert "| fine-tuned |" in report and "![recall@k](plots/recall_at_k.png)" in report
+    assert "- **pet_owners** (170 questions): fine-tuned" in report.split("## Main test set")[0]
+    assert json.loads((repo / "reports/serve.json").read_text())["model"] == "finetuned"  # no guard set (fixture)
     # generated data and models are DVC's, not git's
     ignored = run(["git", "check-ignore", "data/prepared", "models/finetuned", "models/index", "models/index_base",
                    "reports/baselines"], repo)
@@ -92,6 +99,7 @@ def test_second_repro_does_nothing(repo):
 
 @pytest.mark.parametrize("param, value, expected", [
     ("evaluate.rrf_k", 10, ["evaluate"]),
+    ("evaluate.guards", ["pet_owners"], ["evaluate", "index"]),  # the serving decision changes what index reads
     ("index.batch_size", 16, ["index", "index_base"]),
     ("evaluate.depth", 40, ["baselines", "evaluate"]),
     ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index"]),
@@ -152,3 +160,24 @@ def test_dvc_plots_output_is_ignored(tmp_path):
     shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
     run(["git", "init", "-q"], tmp_path)
     assert run(["git", "check-ignore", "dvc_plots/index.html"], tmp_path, check=False).returncode == 0
+
+
+def test_a_guard_loss_makes_the_index_serve_the_base_model(repo, tmp_path):
+    """Do no harm: when evaluate finds the fine-tuned model significantly worse on a guard set (reports/serve.json),
+    the index stage encodes the knowledge base with the base model and says so in info.json."""
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True)
+    reason = "worse than the base model on pet_owners: ndcg@10 -0.0900 [-0.1200, -0.0600]"
+    (copy / "reports/serve.json").write_text(json.dumps({"model": "base", "guards": ["pet_owners"], "warnings": [],
+                                                         "reason": reason}))
+    out = run(["python", "-m", "pipeline.index"], copy)
+    assert "serving the base model, not the fine-tuned one: " + reason in out.stderr
+    info = json.loads((copy / "models/index/info.json").read_text())
+    base = yaml.safe_load((copy / "params.yaml").read_text())["model"]["base"]
+    assert info["served"] == "base" and info["reason"] == reason and info["models"] == {"finetuned": base}
+    import faiss
+
+    served = faiss.read_index(str(copy / "models/index/finetuned.faiss"))
+    base_index = faiss.read_index(str(copy / "models/index_base/base.faiss"))
+    assert served.ntotal == base_index.ntotal
+    assert (served.reconstruct_n(0, 5) == base_index.reconstruct_n(0, 5)).all()  # the base model's vectors

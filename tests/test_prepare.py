@@ -1,26 +1,23 @@
-"""prepare: templates, de-duplication, grouping and a split that never leaks, negatives, noisy rewrites."""
+"""prepare: templates, de-duplication, grouping and a split that never leaks, held-out topics, negatives, user-style
+questions."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.common import ROOT, InputError
-from pipeline.prepare import (
-    add_hard_negatives,
+from pipeline.common import ROOT, InputError, normalize
+from pipeline.negatives import add_hard_negatives, bm25_candidates
+from pipeline.sources import expand_glossary, read_beir_pairs, read_faq, synthetic_pairs
+from pipeline.split import (
     beir_from_pairs,
     cap_validation,
     connected_groups,
     deduplicate,
-    expand_glossary,
-    normalize,
-    noisy_rewrite,
-    read_beir_pairs,
-    read_faq,
+    held_out_groups,
     split_groups,
-    synthetic_pairs,
 )
+from pipeline.user_questions import user_messages
 
 COLUMNS = {"question": "question", "answer": "answer", "group": "focus"}
 
@@ -109,8 +106,6 @@ def test_hard_negatives_never_come_from_the_positive_group(tiny_model, miner):
 def test_bm25_candidates_are_lexical_neighbours_outside_the_margin(tiny_model):
     """BM25 ranks the passage sharing the rare word first; the base-model margin then drops near-copies."""
     from pipeline.common import load_model
-    from pipeline.prepare import bm25_candidates
-
     train = pd.DataFrame({
         "query": ["How is parvovirus spread?", "What is panleukopenia?", "Can horses get strangles?"],
         "positive": ["Parvovirus spreads through infected faeces.", "Panleukopenia is feline parvovirus disease.",
@@ -127,14 +122,44 @@ def test_bm25_candidates_are_lexical_neighbours_outside_the_margin(tiny_model):
     assert all(not c for c in strict.values()) and len(positive_scores) == 3
 
 
-def test_noisy_rewrite_is_seeded_and_noisy():
-    cfg = {"p_context": 1.0, "p_suffix": 1.0, "p_lowercase": 1.0, "p_drop_question_words": 0.0, "typo_rate": 0.5,
-           "contexts": ["my dog is sick."], "suffixes": ["thanks"]}
-    q = "What are the clinical signs of canine distemper?"
-    a = noisy_rewrite(q, cfg, np.random.default_rng(3))
-    assert a == noisy_rewrite(q, cfg, np.random.default_rng(3))
-    assert a.startswith("my dog is sick. ") and a.endswith(" thanks") and "?" not in a
-    assert a != "my dog is sick. what are the clinical signs of canine distemper thanks"  # typos happened
+def test_user_messages_are_seeded_and_relevant_to_every_question_they_hold():
+    cfg = {"per_topic": 30, "p_subject": 1.0, "p_context": 1.0, "p_second_question": 1.0, "p_rephrase": 1.0,
+           "p_drop_question_words": 0.0, "p_lowercase": 1.0, "typo_rate": 0.0, "p_closing": 0.0,
+           "contexts": ["we've been dealing with {topic} for a while now."], "connectors": [" and "], "closings": [],
+           "rephrase": [["^what causes ", ["why do you get "]]]}
+    topics = [("canine distemper", [("What causes canine distemper?", ["d1"]), ("How is it treated?", ["d2", "d3"])])]
+    messages = user_messages(topics, cfg, seed=3)
+    assert messages == user_messages(topics, cfg, seed=3)  # seeded
+    for text, relevant in messages:
+        assert text.startswith("canine distemper. we've been dealing with canine distemper for a while now. ") or \
+            text.startswith("Canine distemper. ")
+        assert sorted(relevant) == ["d1", "d2", "d3"]  # two questions in one message: both answers are relevant
+        assert "why do you get canine distemper" in text and "what causes" not in text and "?" not in text
+    one = user_messages(topics, {**cfg, "p_second_question": 0.0}, seed=3)
+    assert all(len(r) in (1, 2) and " and " not in t for t, r in one)
+
+
+def test_topics_with_judged_passages_are_held_out_across_faq_and_glossary(tmp_path):
+    faq = tmp_path / "faq.csv"
+    faq.write_text("question,answer,focus\nWhat is parvo?,Parvo is a virus.,parvo\nHow is parvo treated?,Fluids.,parvo\n"
+                   + "".join(f"What is topic {i}?,Answer {i}.,t{i}\n" for i in range(20)), encoding="utf-8")
+    glossary = tmp_path / "glossary.csv"
+    glossary.write_text("term,definition,focus\nParvovirus,A hardy virus of dogs.,parvo\nBloat,Gas.,\n", encoding="utf-8")
+    pairs = pd.concat([read_faq([str(faq)], COLUMNS).assign(kind="faq"),
+                       expand_glossary([str(glossary)], {"term": "term", "definition": "definition", "group": "focus"},
+                                       ["What is {term}?"])], ignore_index=True)
+    pairs = deduplicate(pairs, {"dropped": {}})
+    pairs["group_id"] = connected_groups(pairs)
+    # a test set judged "Fluids." relevant, and the validation questions "Answer 3."
+    forced = held_out_groups(pairs, {"test": {normalize("Fluids.")}, "val": {normalize("Answer 3.")}})
+    eligible = pairs.loc[pairs["kind"] != "glossary", "group_id"].unique()
+    split = split_groups(pairs["group_id"].to_numpy(), {"test": 0.1, "val": 0.1}, seed=0, forced=forced, eligible=eligible)
+    by_query = dict(zip(pairs["query"], split))
+    # the whole parvo topic is held out: both FAQ rows and the glossary term that shares its group value
+    assert by_query["What is parvo?"] == by_query["How is parvo treated?"] == by_query["What is Parvovirus?"] == "test"
+    assert by_query["What is topic 3?"] == "val"
+    assert by_query["What is Bloat?"] == "train"  # a glossary-only topic is never drawn for a held-out split
+    assert 0.05 < (split == "test").mean() < 0.3
 
 
 def test_validation_cap_returns_whole_groups_to_training():
@@ -210,3 +235,47 @@ def test_random_negative_fill_stops_when_the_other_groups_run_out(tiny_model):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_bundled_data_trains_on_no_judged_passage_and_no_held_out_topic(tmp_path, monkeypatch, tiny_model):
+    """prepare on the bundled data: the pet owners' test and validation questions judge KB sections and FAQ
+    answers of 22 topics; none of those passages, nor any other section of their documents, is trained on."""
+    import json
+    import shutil
+
+    import yaml
+
+    from pipeline import prepare
+    from pipeline.common import (
+        beir_passage_texts,
+        load_params,
+        read_beir,
+        read_jsonl,
+        set_params,
+    )
+
+    shutil.copytree(ROOT / "data/raw", tmp_path / "data/raw")
+    params = set_params(load_params(path=ROOT / "params.yaml"), {
+        "model.base": tiny_model, "prepare.leakage_cosine": None, "prepare.max_seq_length": 32})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    prepare.main()
+
+    train = read_jsonl("data/prepared/train.jsonl")
+    judged, judged_docs = set(), set()
+    for name in ("pet_owners", "pet_owners_val"):
+        folder = f"data/raw/testsets/{name}"
+        texts = beir_passage_texts(folder)
+        qrels = read_beir(folder)[2]
+        judged |= {normalize(texts[d]) for docs in qrels.values() for d in docs}
+        judged_docs |= {d.split("#")[0].removeprefix("kb/") for docs in qrels.values() for d in docs if d.startswith("kb/")}
+    assert len(judged_docs) == 22
+    assert not {normalize(r["positive"]) for r in train} & judged
+    assert not {r["group"] for r in train if str(r["group"]).startswith("kb: ")} & {f"kb: {d}.md" for d in judged_docs}
+    stats = json.loads((tmp_path / "reports/data_stats.json").read_text())
+    assert stats["held_out"]["kb_documents"] == 22 and stats["pairs"]["val_users_source"].endswith("pet_owners_val")
+    assert stats["pairs"]["testset_pet_owners_queries"] == 170
+    # the named test set is copied as it is (topics kept), and the users' validation set is the given one
+    assert (tmp_path / "data/prepared/testsets/pet_owners/queries.jsonl").read_bytes() == \
+        (ROOT / "data/raw/testsets/pet_owners/queries.jsonl").read_bytes()
+    assert read_beir("data/prepared/val_users")[1] == read_beir("data/raw/testsets/pet_owners_val")[1]

@@ -8,7 +8,14 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.common import InputError, atomic_dir, read_beir, read_kb, read_records, resolve_model
+from pipeline.common import (
+    InputError,
+    atomic_dir,
+    read_beir,
+    read_kb,
+    read_records,
+    resolve_model,
+)
 
 FIELDS = {"query": "question", "positive": "answer"}
 

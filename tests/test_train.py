@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.common import ROOT, InputError, load_model, load_params, set_params, write_beir
+from pipeline.common import (
+    ROOT,
+    InputError,
+    load_model,
+    load_params,
+    read_beir,
+    set_params,
+    write_beir,
+)
 from pipeline.train import build_loss
 
 ROWS = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(4)]
@@ -75,7 +83,7 @@ def test_pairs_without_negatives_and_bad_names(model):
 def grouped_batches(rows, groups, batch_size, epoch=0, drop_last=False):
     from datasets import Dataset
 
-    from pipeline.train import GroupedNoDuplicatesBatchSampler
+    from pipeline.sampler import GroupedNoDuplicatesBatchSampler
 
     data = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive")})
     sampler = GroupedNoDuplicatesBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=7, groups=groups)
@@ -191,8 +199,9 @@ def train_project(tmp_path, monkeypatch, tiny_model):
     prepared.mkdir(parents=True)
     rows = [{"anchor": f"question {i}", "positive": f"answer {i}", "group": i} for i in range(8)]
     pd.DataFrame(rows).to_json(prepared / "train.jsonl", orient="records", lines=True)
-    write_beir(prepared / "val", {f"d{i}": f"answer {i}" for i in range(4)}, {f"q{i}": f"question {i}" for i in range(4)},
-               {f"q{i}": {f"d{i}": 1} for i in range(4)})
+    for name in ("val", "val_users"):
+        write_beir(prepared / name, {f"d{i}": f"answer {i}" for i in range(4)},
+                   {f"q{i}": f"question {i}" for i in range(4)}, {f"q{i}": {f"d{i}": 1} for i in range(4)})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the checkpoints a failed run leaves behind
@@ -200,7 +209,8 @@ def train_project(tmp_path, monkeypatch, tiny_model):
 
 
 def evaluation(step, ndcg, mrr):
-    return {"eval_val_cosine_ndcg@10": ndcg, "eval_val_cosine_mrr@10": mrr, "step": step}
+    return {"eval_val_cosine_ndcg@10": ndcg, "eval_val_cosine_mrr@10": mrr, "eval_val_users_cosine_ndcg@10": ndcg,
+            "eval_val_users_cosine_mrr@10": mrr, "eval_sequential_score": ndcg, "step": step}
 
 
 # the untrained model (eval_on_start, step 0) scores highest; load_best_model_at_end keeps the checkpoint of step 4
@@ -228,9 +238,10 @@ class FakeTrainer:
         self.state.log_history, self.state.best_global_step, self.state.global_step = HISTORY, 4, 6
 
 
-def test_train_summary_reports_the_kept_checkpoint(train_project, monkeypatch):
-    """The summary's best NDCG/MRR and step are those of the checkpoint load_best_model_at_end kept (step 4), not the
-    step-0 evaluation of the untrained model, which scored higher but has no checkpoint."""
+def test_train_summary_reports_the_kept_checkpoint_and_the_merge_weight(train_project, monkeypatch):
+    """The summary's step is the checkpoint load_best_model_at_end kept (step 4), not the step-0 evaluation of the
+    untrained model, which scored higher but has no checkpoint; its scores are those of the model saved, the kept
+    checkpoint merged with the base model at the weight that validated best."""
     import sentence_transformers
 
     from pipeline import train
@@ -238,9 +249,33 @@ def test_train_summary_reports_the_kept_checkpoint(train_project, monkeypatch):
     monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
     train.main()
     summary = json.loads((train_project / "reports/train/metrics.json").read_text())
-    assert summary["val_ndcg@10_before"] == 0.9
-    assert (summary["val_ndcg@10_best"], summary["val_mrr@10_best"], summary["best_step"]) == (0.6, 0.55, 4)
-    assert (train_project / "models/finetuned/model.safetensors").is_file()
+    assert summary["val_ndcg@10_before"] == 0.9 and summary["best_step"] == 4
+    assert list(summary["merge_scores"]) == ["0.5", "0.7", "1"]
+    assert summary["merge_scores"][f"{summary['merge_alpha']:g}"] == max(summary["merge_scores"].values())
+    # the scores reported are the saved model's own
+    saved = load_model(str(train_project / "models/finetuned"), device="cpu")
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
+
+    corpus, queries, qrels = read_beir(train_project / "data/prepared/val")
+    scores = InformationRetrievalEvaluator(queries, corpus, {q: set(d) for q, d in qrels.items()}, name="val",
+                                           show_progress_bar=False)(saved)
+    assert summary["val_ndcg@10_best"] == round(scores["val_cosine_ndcg@10"], 4)
+
+
+def test_merge_interpolates_every_weight_between_base_and_fine_tuned():
+    import torch
+
+    from pipeline.train import merged_state
+
+    base = {"w": torch.zeros(3), "b": torch.ones(2), "position_ids": torch.arange(3)}
+    tuned = {"w": torch.full((3,), 2.0), "b": torch.full((2,), 3.0), "position_ids": torch.arange(3)}
+    assert torch.equal(merged_state(base, tuned, 1.0)["w"], tuned["w"])
+    assert torch.equal(merged_state(base, tuned, 0.0)["b"], base["b"])
+    half = merged_state(base, tuned, 0.5)
+    assert torch.allclose(half["w"], torch.ones(3)) and torch.allclose(half["b"], torch.full((2,), 2.0))
+    assert torch.equal(half["position_ids"], torch.arange(3))  # integer buffers are not averaged
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
