@@ -7,8 +7,10 @@
 
 It copies the project into bench/out/<name>/ (git-ignored), points params.yaml at MedQuAD (FAQ = faq_train.jsonl
 grouped by `focus`, data.testset = test/, knowledge base = the test corpus), runs every stage with `dvc repro -s`
-and prints base / fine-tuned / BM25 / hybrid metrics, the noisy-question check, and each stage's wall time and
-peak memory. Nothing is copied into the project itself.
+and prints base / fine-tuned / BM25 / hybrid metrics on MedQuAD's test/ and on real users' questions
+(../shared/bench/consumer_questions, a named test set and the guard: read in place, never trained on), the
+validation sets that chose the model, and each stage's wall time and peak memory. Nothing is copied into the
+project itself.
 """
 
 from __future__ import annotations
@@ -76,28 +78,35 @@ def make_workdir(name: str, overrides: dict) -> Path:
 
 
 def print_summary(work: Path) -> None:
-    """Metrics of a finished work folder: every system, the paired comparisons, the noisy-question check."""
+    """Metrics of a finished work folder: every system on MedQuAD test/ and on consumer_questions/, the paired
+    comparisons, the validation sets that chose the model, and which model the index serves."""
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     stats = json.loads((work / "reports" / "data_stats.json").read_text())
     train = json.loads((work / "reports" / "train" / "metrics.json").read_text())
+    serve = json.loads((work / "reports" / "serve.json").read_text())
     keys = list(metrics["base"])
     print(f"\nMedQuAD test/: {stats['pairs']['test_queries']} queries, {stats['pairs']['test_corpus']} passages; "
           f"{stats['pairs']['train']} training tuples ({stats['dropped']})")
     print(f"training: {train['steps']} steps, {train['train_minutes']} min, {train['pairs_per_second']} pairs/s, "
-          f"best step {train['best_step']}, val ndcg@10 {train['val_ndcg@10_before']} -> {train['val_ndcg@10_best']}")
-    print("\n| system | " + " | ".join(keys) + " |\n|---" * 1 + "|---" * len(keys) + "|")
-    for system in ["bm25", "base", "finetuned", "hybrid", "base_val", "finetuned_val", "base_noisy", "finetuned_noisy"]:
+          f"best step {train['best_step']}, merge weight {train['merge_alpha']} (validation {train['merge_scores']}), "
+          f"val ndcg@10 {train['val_ndcg@10_before']} -> {train['val_ndcg@10_best']}, "
+          f"val_users ndcg@10 {train['val_users_ndcg@10_before']} -> {train['val_users_ndcg@10_best']}")
+    tables = {"MedQuAD test/": metrics, **{f"{n}/": b for n, b in metrics.get("testsets", {}).items()}}
+    for title, block in tables.items():
+        print(f"\n{title}\n| system | " + " | ".join(keys) + " |\n|---" + "|---" * len(keys) + "|")
+        for system in ["bm25", "base", "finetuned", "hybrid"]:
+            print(f"| {system} | " + " | ".join(f"{block[system][k]:.4f}" for k in keys) + " |")
+    print("\nvalidation (chose the checkpoint and the merge weight)\n| set | " + " | ".join(keys) + " |")
+    for system in ["base_val", "finetuned_val", "base_val_users", "finetuned_val_users"]:
         print(f"| {system} | " + " | ".join(f"{metrics[system][k]:.4f}" for k in keys) + " |")
     print()
-    for comp, t in metrics.items():
-        if "_vs_" in comp:
-            for m, v in t.items():
-                print(f"{comp:<32} {m:<8} delta {v['delta']:+.4f}  95% CI [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]  "
-                      f"p {v['p_value']:.4f}")
-    clean = metrics["finetuned"]["mrr@10"] - metrics["base"]["mrr@10"]
-    noisy = metrics["finetuned_noisy"]["mrr@10"] - metrics["base_noisy"]["mrr@10"]
-    print(f"\nclean gain (test) mrr@10 {clean:+.4f}; noisy gain (validation, rewritten) {noisy:+.4f} "
-          f"({noisy / clean:.0%} of clean)" if clean else "")
+    comparisons = [("test", c, metrics[c]) for c in metrics if "_vs_" in c]
+    comparisons += [(n, "finetuned_vs_base", b["finetuned_vs_base"]) for n, b in metrics.get("testsets", {}).items()]
+    for set_name, comp, t in comparisons:
+        for m, v in t.items():
+            print(f"{set_name:<20} {comp:<40} {m:<8} delta {v['delta']:+.4f}  95% CI [{v['ci_low']:+.4f}, "
+                  f"{v['ci_high']:+.4f}]  p {v['p_value']:.4f}")
+    print(f"\nthe index serves: {serve['model']}" + (f" ({serve['reason']})" if serve.get("reason") else ""))
 
 
 # The ablation grid (`--grid`): each entry is queued with `dvc exp run --queue` in one work folder and run in turn

@@ -37,10 +37,10 @@ from pipeline.common import (
     load_model,
     load_params,
     pick_precision,
-    read_beir,
     read_jsonl,
     run_main,
 )
+from pipeline.retrieval import validation_evaluator
 from pipeline.sampler import GroupedNoDuplicatesBatchSampler
 
 log = logging.getLogger("pipeline.train")
@@ -169,7 +169,6 @@ def main() -> None:
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator,
         SequentialEvaluator,
     )
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
@@ -188,11 +187,7 @@ def main() -> None:
     train_rows = read_jsonl(PREPARED / "train.jsonl")
     if not train_rows:
         raise InputError(f"{PREPARED / 'train.jsonl'}: no training rows")
-    evaluators = []
-    for name in ("val", "val_users"):
-        corpus, queries, qrels = read_beir(PREPARED / name)
-        evaluators.append(InformationRetrievalEvaluator(queries, corpus, {q: set(d) for q, d in qrels.items()}, name=name,
-                                                        batch_size=64, show_progress_bar=False, write_csv=False))
+    evaluators = [validation_evaluator(PREPARED / name, name, batch_size=64) for name in ("val", "val_users")]
     evaluator = SequentialEvaluator(evaluators, main_score_function=lambda scores: float(np.mean(scores)))
 
     # 3. Loss, and how batches are drawn: in-batch negatives are only negatives if no text repeats in a batch

@@ -3,6 +3,8 @@ questions."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -279,3 +281,37 @@ def test_bundled_data_trains_on_no_judged_passage_and_no_held_out_topic(tmp_path
     assert (tmp_path / "data/prepared/testsets/pet_owners/queries.jsonl").read_bytes() == \
         (ROOT / "data/raw/testsets/pet_owners/queries.jsonl").read_bytes()
     assert read_beir("data/prepared/val_users")[1] == read_beir("data/raw/testsets/pet_owners_val")[1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "pet_owners_copy/queries.jsonl: file not found"),
+    ("empty", "pet_owners_copy/queries.jsonl: file is empty"),
+    ("unknown id", "pet_owners_copy/qrels.tsv:2: field 'corpus-id' 'kb/no-such-doc#1' is not in corpus.jsonl"),
+])
+def test_a_bad_named_test_set_fails_naming_file_line_and_field(tmp_path, monkeypatch, tiny_model, damage, message):
+    import shutil
+
+    import yaml
+
+    from pipeline import prepare
+    from pipeline.common import load_params, set_params
+
+    shutil.copytree(ROOT / "data/raw", tmp_path / "data/raw")
+    bad = tmp_path / "data/raw/testsets/pet_owners_copy"
+    shutil.copytree(ROOT / "data/raw/testsets/pet_owners", bad)
+    if damage == "missing":
+        (bad / "queries.jsonl").unlink()
+    elif damage == "empty":
+        (bad / "queries.jsonl").write_text("")
+    else:
+        lines = (bad / "qrels.tsv").read_text().splitlines()
+        lines[1] = "\t".join([lines[1].split("\t")[0], "kb/no-such-doc#1", "1"])
+        (bad / "qrels.tsv").write_text("\n".join(lines) + "\n")
+    params = set_params(load_params(path=ROOT / "params.yaml"), {
+        "model.base": tiny_model, "prepare.leakage_cosine": None,
+        "data.testsets": {"pet_owners": "data/raw/testsets/pet_owners", "copy": str(bad)}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=re.escape(message)):
+        prepare.main()
+    assert not (tmp_path / "data/prepared").exists() and not (tmp_path / "reports/data_stats.json").exists()
