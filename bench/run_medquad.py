@@ -70,6 +70,12 @@ def make_workdir(name: str, overrides: dict) -> Path:
     params["index"]["include_faq_answers"] = False
     set_params(params, overrides)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # every file a stage reads through params is a dependency of that stage (the stages check it)
+    stages = yaml.safe_load((work / "dvc.yaml").read_text())
+    stages["stages"]["prepare"]["deps"] += [str(MEDQUAD / "faq_train.jsonl"), str(MEDQUAD / "test"), str(CONSUMER)]
+    for stage in ("index", "index_base"):
+        stages["stages"][stage]["deps"].append(params["data"]["kb"])
+    (work / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     # a repository with a commit, as a user's clone is (dvclive reads the current revision)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench setup"]):
@@ -88,7 +94,8 @@ def print_summary(work: Path) -> None:
     print(f"\nMedQuAD test/: {stats['pairs']['test_queries']} queries, {stats['pairs']['test_corpus']} passages; "
           f"{stats['pairs']['train']} training tuples ({stats['dropped']})")
     print(f"training: {train['steps']} steps, {train['train_minutes']} min, {train['pairs_per_second']} pairs/s, "
-          f"best step {train['best_step']}, merge weight {train['merge_alpha']} (validation {train['merge_scores']}), "
+          f"best step {train['best_step']}, merge weight {train['merge_alpha']} (val NDCG@10 {train['merge_val_ndcg@10']}, val_users NDCG@10 "
+          f"{train['merge_val_users_ndcg@10']}), "
           f"val ndcg@10 {train['val_ndcg@10_before']} -> {train['val_ndcg@10_best']}, "
           f"val_users ndcg@10 {train['val_users_ndcg@10_before']} -> {train['val_users_ndcg@10_best']}")
     tables = {"MedQuAD test/": metrics, **{f"{n}/": b for n, b in metrics.get("testsets", {}).items()}}

@@ -18,7 +18,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.common import atomic_dir, load_model, load_params, read_beir, run_main
+from pipeline.common import (
+    atomic_dir,
+    load_model,
+    load_params,
+    local_model_path,
+    read_beir,
+    require_tracked,
+    run_main,
+)
 from pipeline.retrieval import bm25_run, dense_run, held_out_sets, pair_scores, save_run
 
 log = logging.getLogger("pipeline.baselines")
@@ -29,6 +37,7 @@ OUT_DIR = Path("reports/baselines")
 def main() -> None:
     cfg = load_params("evaluate")
     base = load_params("model")["base"]
+    require_tracked("baselines", {"model.base": local_model_path(base)})
     depth, batch_size = int(cfg["depth"]), int(cfg["batch_size"])
     model = load_model(base, max_seq_length=int(cfg["max_seq_length"]))
 

@@ -75,6 +75,34 @@ def run_main(main) -> None:
     log.info("done in %.1f s", time.perf_counter() - start)
 
 
+def require_tracked(stage: str, paths: dict) -> None:
+    """Every file or folder a stage reads through params must be a dependency of that stage in dvc.yaml (the path
+    itself or a folder holding it). Otherwise DVC does not see it change: after an edit `dvc repro` would re-run
+    nothing and keep serving results made from the old content. `paths` maps a params key to a path, a list of
+    paths, a {name: path} mapping or None. Outside a DVC project (a library call) there is nothing to keep in step.
+    """
+    dvc_file = Path("dvc.yaml")
+    if not dvc_file.is_file():
+        return
+    stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {})
+    listed = [next(iter(d)) if isinstance(d, dict) else str(d) for d in (stages.get(stage) or {}).get("deps", [])]
+    deps = [repo_path(d).resolve() for d in listed]
+    for key, value in paths.items():
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        for p in (str(v) for v in values if v):
+            path = repo_path(p).resolve()
+            if not any(path == d or d in path.parents for d in deps):
+                raise InputError(
+                    f"params.yaml: {key} {p} is not a dependency of stage '{stage}' in dvc.yaml, so DVC would not "
+                    f"re-run the stage when it changes: add '- {p}' under stages.{stage}.deps (its deps now: "
+                    f"{', '.join(listed)})")
+
+
+def local_model_path(name: str) -> str | None:
+    """model.base when it is a local folder (a dependency to track), None for a package or hub-cache name."""
+    return name if repo_path(name).exists() else None
+
+
 # --------------------------------------------------------------------------- model lookup (no network)
 
 

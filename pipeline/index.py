@@ -32,9 +32,11 @@ from pipeline.common import (
     atomic_dir,
     load_model,
     load_params,
+    local_model_path,
     pick_precision,
     read_kb,
     read_records,
+    require_tracked,
     run_main,
     write_json,
 )
@@ -77,12 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", nargs="?", default="finetuned", choices=sorted(INDEX_DIRS))
     name = parser.parse_args(argv).model
     data, cfg = load_params("data"), load_params("index")
+    base = load_params("model")["base"]
+    require_tracked("index" if name == "finetuned" else "index_base", {
+        "data.kb": data["kb"], "data.faq": data.get("faq") if cfg["include_faq_answers"] else None,
+        "model.base": local_model_path(base)})
     served = {"model": "base", "reason": "the base model's own index"}
     if name == "finetuned":  # what evaluate decided: the base model when the fine-tuned one lost on a guard set
         served = json.loads(SERVE.read_text(encoding="utf-8"))
         if served["model"] == "base":
             log.warning("serving the base model, not the fine-tuned one: %s", served["reason"])
-    model_ref = str(MODEL_DIR) if served["model"] == "finetuned" else load_params("model")["base"]
+    model_ref = str(MODEL_DIR) if served["model"] == "finetuned" else base
     precision = pick_precision(cfg["precision"], "index.precision")
     passages = collect_passages(data, bool(cfg["include_faq_answers"]))
     texts = [f"{p['title']}: {p['heading']}. {p['text']}" if p["heading"] else p["text"] for p in passages]

@@ -32,10 +32,12 @@ from pipeline.common import (
     atomic_dir,
     load_model,
     load_params,
+    local_model_path,
     normalize,
     read_beir,
     read_kb,
     repo_path,
+    require_tracked,
     run_main,
     write_beir,
     write_json,
@@ -72,6 +74,12 @@ def main() -> None:
     base = load_params("model")["base"]
     seed = int(cfg["seed"])
     stats: dict = {"rows_read": {}, "dropped": {}}
+    synthetic_model = (cfg.get("synthetic_queries") or {}).get("model")
+    require_tracked("prepare", {
+        "data.faq": data.get("faq"), "data.glossary": data.get("glossary"), "data.beir_train": data.get("beir_train"),
+        "data.kb": data["kb"] if cfg.get("kb_pairs") or synthetic_model else None, "data.testset": data.get("testset"),
+        "data.testsets": data.get("testsets") or {}, "data.val_questions": data.get("val_questions"),
+        "model.base": local_model_path(base), "prepare.synthetic_queries.model": synthetic_model})
 
     # 1. Read and validate every source (fails on the first bad file, naming file, line and field)
     faq = read_faq(data.get("faq") or [], data["faq_columns"])
@@ -111,7 +119,6 @@ def main() -> None:
     pairs.loc[(pairs["kind"] == "glossary") & pairs["split"].isin(["test", "val"]), "split"] = "heldout"
     stats["held_out"] = {"topics_with_judged_passages": len(forced),
                          "rows_set_aside": int((pairs["split"] == "heldout").sum())}
-    synthetic_model = (cfg.get("synthetic_queries") or {}).get("model")
     if cfg.get("kb_pairs") or synthetic_model:
         if external_test and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve()):
             raise InputError(f"params.yaml: data.kb ({data['kb']}) is inside data.testset: training on its passages "

@@ -18,6 +18,7 @@ from pipeline.common import set_params
 from tests.conftest import ROOT, run
 
 STAGES = ["prepare", "train", "baselines", "evaluate", "index", "index_base"]
+READS_BASE_MODEL = ["prepare", "train", "baselines", "index", "index_base"]
 METRIC_KEYS = ["mrr@10", "ndcg@10", "map@100", "recall@1", "recall@5", "recall@10", "recall@20"]
 
 
@@ -47,7 +48,13 @@ def repo(tmp_path_factory, tiny_model) -> Path:
         "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
         "evaluate.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50,
         "index.max_seq_length": 32, "evaluate.guards": [],
+        "train.precision": "fp32", "index.precision": "fp32",  # the same numbers on every CPU
     })
+    # the tiny model is a local folder outside the project: a dependency of every stage that loads model.base
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())
+    for stage in READS_BASE_MODEL:
+        stages["stages"][stage]["deps"].append(tiny_model)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
     run(["git", "config", "user.name", "test"], repo)
@@ -181,3 +188,51 @@ def test_a_guard_loss_makes_the_index_serve_the_base_model(repo, tmp_path):
     base_index = faiss.read_index(str(copy / "models/index_base/base.faiss"))
     assert served.ntotal == base_index.ntotal
     assert (served.reconstruct_n(0, 5) == base_index.reconstruct_n(0, 5)).all()  # the base model's vectors
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """Stages `dvc status` reports as changed (it names each one on a line ending with ':')."""
+    out = run(["dvc", "status"], repo).stdout
+    return {line.strip().rstrip(":") for line in out.splitlines() if line and not line.startswith(("\t", " "))} & set(STAGES)
+
+
+def test_a_source_outside_data_raw_is_a_tracked_dependency(repo, tmp_path):
+    """A FAQ kept elsewhere: prepare refuses it until dvc.yaml lists it, then an edited answer re-runs prepare.
+    And a file a stage never reads re-runs nothing: the glossary is not a dependency of the index stages."""
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True)
+    outside = tmp_path / "elsewhere" / "faq.csv"
+    outside.parent.mkdir()
+    shutil.copy(copy / "data/raw/faq.csv", outside)
+    set_repo_params(copy, {"data.faq": [str(outside)]})
+    refused = run(["python", "-m", "pipeline.prepare"], copy, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"params.yaml: data.faq {outside} is not a dependency of stage 'prepare' in dvc.yaml" in refused.stderr
+    stages = yaml.safe_load((copy / "dvc.yaml").read_text())
+    stages["stages"]["prepare"]["deps"].append(str(outside))
+    (copy / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    run(["dvc", "repro", "prepare"], copy)
+    assert "prepare" not in changed_stages(copy)
+    outside.write_text(outside.read_text().replace("Parvo spreads", "Parvovirus spreads", 1))
+    assert "prepare" in changed_stages(copy)
+
+    glossary = repo / "data/raw/glossary.csv"
+    original = glossary.read_text()
+    try:
+        glossary.write_text(original.replace("A highly contagious", "A very contagious", 1))
+        changed = changed_stages(repo)
+        assert "prepare" in changed and not {"index", "index_base"} & changed
+    finally:
+        glossary.write_text(original)
+
+
+def test_the_pipeline_run_twice_in_fp32_gives_identical_metrics(repo, tmp_path):
+    copy = tmp_path / "again"
+    shutil.copytree(repo, copy, symlinks=True)
+    out = run(["dvc", "repro", "-f"], copy)
+    assert stages_run(out.stdout) == STAGES
+    for name in ["reports/metrics.json", "reports/per_query.csv"]:
+        assert (copy / name).read_text() == (repo / name).read_text(), name
+    timing = {"train_minutes", "pairs_per_second"}
+    first, second = (json.loads((r / "reports/train/metrics.json").read_text()) for r in (repo, copy))
+    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
