@@ -95,7 +95,7 @@ def paired_test(a: pd.Series, b: pd.Series, samples: int, seed: int, topics: pd.
                                         lambda x, y, axis: np.mean(x - y, axis=axis),
                                         permutation_type="samples", n_resamples=samples, alternative="two-sided",
                                         vectorized=True, rng=np.random.default_rng(seed))
-    return {"delta": round(float(diff.mean()), 4), "ci_low": round(float(boot.confidence_interval.low), 4),
+    return {"delta": round(float(diff.mean()), 4) + 0.0, "ci_low": round(float(boot.confidence_interval.low), 4),
             "ci_high": round(float(boot.confidence_interval.high), 4), "p_value": round(float(perm.pvalue), 4)}
 
 

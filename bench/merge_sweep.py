@@ -1,0 +1,46 @@
+"""The trade-off of merge weights for a finished benchmark run: its fine-tuned model merged with the base model at
+other weights, scored on the validation sets and on both test sets (MedQuAD test/, consumer_questions/).
+
+    python bench/merge_sweep.py bench/out/final 0.3,0.5,0.7
+
+The saved model is already a merge, M = a0 * F + (1 - a0) * B at the weight a0 the run chose (reports/train); the
+weight a of F is M merged with B at a / a0. Prints one JSON line per weight; fp32, 128 tokens, as the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.common import load_model, read_beir  # noqa: E402
+from pipeline.retrieval import dense_run, per_query_metrics, summary  # noqa: E402
+from pipeline.train import merged_state  # noqa: E402
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 100, "recall_k": [10], "depth": 100}
+
+
+def main() -> None:
+    work, alphas = Path(sys.argv[1]), [float(a) for a in sys.argv[2].split(",")]
+    if not SHARED.is_dir():
+        sys.exit(f"benchmark data not found at {SHARED}: nothing measured")
+    chosen = json.loads((work / "reports/train/metrics.json").read_text())["merge_alpha"]
+    sets = {"val": work / "data/prepared/val", "val_users": work / "data/prepared/val_users",
+            "medquad_test": SHARED / "medquad/test", "consumer_questions": SHARED / "consumer_questions"}
+    sets = {name: read_beir(folder) for name, folder in sets.items()}
+    model = load_model("all-MiniLM-L6-v2", max_seq_length=128)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = load_model(str(work / "models/finetuned"), max_seq_length=128).state_dict()
+    for alpha in alphas:
+        model.load_state_dict(merged_state(base, saved, alpha / chosen))
+        row = {"alpha": alpha}
+        for name, (corpus, queries, qrels) in sets.items():
+            scores = summary(per_query_metrics(dense_run(model, corpus, queries, 100, 16)[0], qrels, CFG), CFG)
+            row[name] = {"mrr@10": scores["mrr@10"], "ndcg@10": scores["ndcg@10"]}
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
