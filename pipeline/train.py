@@ -181,13 +181,8 @@ def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
 
 def main() -> None:
     from dvclive import Live
-    from sentence_transformers import (
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.sentence_transformer.evaluation import (
-        SequentialEvaluator,
-    )
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     cfg = load_params("train")
@@ -201,7 +196,7 @@ def main() -> None:
     if set_dropout(model, cfg["dropout"]):
         log.info("dropout set to %s", cfg["dropout"])
 
-    # 2. Data: training tuples, and the validation split for choosing the best checkpoint
+    # 2. Data: training tuples, and the two validation sets (FAQ-style, and as users write) that choose the checkpoint
     train_rows = read_jsonl(PREPARED / "train.jsonl")
     if not train_rows:
         raise InputError(f"{PREPARED / 'train.jsonl'}: no training rows")

@@ -256,9 +256,7 @@ def test_train_summary_reports_the_kept_checkpoint_and_the_merge_weight(train_pr
     assert summary["merge_val_ndcg@10"][f"{summary['merge_alpha']:g}"] == summary["val_ndcg@10_best"]
     # the scores reported are the saved model's own
     saved = load_model(str(train_project / "models/finetuned"), device="cpu")
-    from sentence_transformers.sentence_transformer.evaluation import (
-        InformationRetrievalEvaluator,
-    )
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     corpus, queries, qrels = read_beir(train_project / "data/prepared/val")
     scores = InformationRetrievalEvaluator(queries, corpus, {q: set(d) for q, d in qrels.items()}, name="val",
