@@ -3,8 +3,9 @@
 It depends only on the held-out data, model.base and the encoding settings, so an experiment on the
 training recipe never re-scores the base model or BM25 (DVC skips this stage).
 
-Reads   params: model.base, evaluate.depth, evaluate.max_seq_length, evaluate.batch_size
-        files:  data/prepared/{test,testsets/*,val,val_users}/
+Reads   params: model.base, evaluate.depth, encode.*
+        files:  data/prepared/{test,testsets/*,val,val_users}/, data/passages.jsonl (a set judging the served
+                sections is scored on the served passages, as the index serves them: pipeline/retrieval.scored_set)
 Writes  reports/baselines/   runs (top-`depth` passages per query) of the base model and BM25 on every held-out
                              set (<set>_base.json, <set>_bm25.json), of the base model on both validation sets,
                              and the base model's (query, positive) / (query, hardest negative) cosine scores on
@@ -23,37 +24,41 @@ from pipeline.common import (
     load_model,
     load_params,
     local_model_path,
-    read_beir,
+    pick_precision,
+    read_jsonl,
     require_tracked,
     run_main,
 )
-from pipeline.retrieval import bm25_run, dense_run, held_out_sets, pair_scores, save_run
+from pipeline.retrieval import bm25_run, dense_run, held_out_sets, pair_scores, save_run, scored_set
 
 log = logging.getLogger("pipeline.baselines")
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("reports/baselines")
+PASSAGES = Path("data/passages.jsonl")
 
 
 def main() -> None:
-    cfg = load_params("evaluate")
+    depth = int(load_params("evaluate")["depth"])
+    enc = load_params("encode")
     base = load_params("model")["base"]
     require_tracked("baselines", {"model.base": local_model_path(base)})
-    depth, batch_size = int(cfg["depth"]), int(cfg["batch_size"])
-    model = load_model(base, max_seq_length=int(cfg["max_seq_length"]))
+    batch_size, precision = int(enc["batch_size"]), pick_precision(enc["precision"], "encode.precision")
+    model = load_model(base, max_seq_length=int(enc["max_seq_length"]))
+    served = read_jsonl(PASSAGES)
 
     with atomic_dir(OUT_DIR) as out:
-        for name, folder in held_out_sets(PREPARED).items():
-            corpus, queries, qrels = read_beir(folder)
-            log.info("%s: %d queries, %d passages", name, len(queries), len(corpus))
-            run, q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size)
+        for name, folder in {**held_out_sets(PREPARED), "val": PREPARED / "val", "val_users": PREPARED / "val_users"}.items():
+            corpus, queries, qrels, section_of = scored_set(folder, served)
+            log.info("%s: %d queries, %d passages%s", name, len(queries), len(corpus),
+                     " (the served passages)" if section_of else "")
+            run, q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision)
             save_run(out / f"{name}_base.json", run)
+            if name.startswith("val"):  # the validation sets: FAQ-style, and as users write; no BM25 needed
+                continue
             save_run(out / f"{name}_bm25.json", bm25_run(corpus, queries, depth))
             if name == "test":
-                pair_scores(run, qrels, q_emb, c_emb, queries, corpus).to_csv(out / "test_base_pair_scores.csv",
-                                                                             index=False)
-        for name in ("val", "val_users"):  # the validation sets: FAQ-style, and as users write
-            corpus, queries, _ = read_beir(PREPARED / name)
-            save_run(out / f"{name}_base.json", dense_run(model, corpus, queries, depth, batch_size)[0])
+                pair_scores(run, qrels, q_emb, c_emb, queries, corpus, section_of).to_csv(
+                    out / "test_base_pair_scores.csv", index=False)
     log.info("wrote %s", OUT_DIR)
 
 

@@ -143,10 +143,19 @@ def load_model(name_or_path: str, max_seq_length: int | None = None, device: str
 
 
 def pick_device() -> str:
-    """Chosen at run time, never a DVC param: the same experiment runs on a laptop or a GPU box."""
+    """Chosen at run time, never a DVC param: the same experiment runs on a laptop or a GPU box. Under torchrun each
+    process takes its own GPU (LOCAL_RANK). A GPU asked for (CUDA_VISIBLE_DEVICES names one) that torch cannot use
+    is said loudly, since the CPU is many times slower: a CPU-only torch build or a missing driver is easy to miss."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
+    asked = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if asked not in ("", "-1"):
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device or driver is usable"
+        log.warning("CUDA_VISIBLE_DEVICES=%s asks for a GPU, but %s (torch %s): falling back to the CPU", asked, why,
+                    torch.__version__)
+    return "cpu"
 
 
 def pick_precision(setting: str, key: str) -> str:
@@ -282,7 +291,7 @@ def read_beir(folder: str | Path, key: str | None = None) -> tuple[dict[str, str
                          "(corpus.jsonl, queries.jsonl, qrels.tsv)")
     corpus_df = read_records(folder / "corpus.jsonl", {"id": "_id", "text": "text"}, {"title": "title"})
     titles = corpus_df["title"] if "title" in corpus_df else [None] * len(corpus_df)
-    corpus = {i: f"{t} {x}" if isinstance(t, str) else x for i, t, x in zip(corpus_df["id"], titles, corpus_df["text"])}
+    corpus = {i: passage_text(t if isinstance(t, str) else "", "", x) for i, t, x in zip(corpus_df["id"], titles, corpus_df["text"])}
     queries_df = read_records(folder / "queries.jsonl", {"id": "_id", "text": "text"})
     queries = dict(zip(queries_df["id"], queries_df["text"]))
     qrels_path = folder / "qrels.tsv"
@@ -334,41 +343,58 @@ def write_beir(folder: Path, corpus: dict, queries: dict, qrels: dict) -> None:
     pd.DataFrame(rows, columns=["query-id", "corpus-id", "score"]).to_csv(folder / "qrels.tsv", sep="\t", index=False)
 
 
+def passage_text(title: str, heading: str, text: str) -> str:
+    """The one text encoded for a passage, by the index and by evaluation alike: "title: heading. text".
+
+    A BEIR corpus' title goes in front the same way, so a test set's copy of a knowledge-base section
+    ("Article: Heading") is encoded exactly as the index encodes that section.
+    """
+    prefix = ": ".join(dict.fromkeys(x for x in (title, heading) if x))  # an introduction's heading is its title
+    return f"{prefix}. {text}" if prefix else text
+
+
 def markdown_sections(path: Path) -> list[dict]:
-    """A Markdown/text document -> one passage per '## ' section (title from '# ', else the file name)."""
+    """A Markdown/text document -> one passage per '## ' section (title from '# ', else the file name).
+
+    Each section is `kb/<file stem>#<n>` (n from 1: #1 is the introduction before the first '## ' heading), the
+    id test sets judge; `paragraphs` keeps its blank-line paragraphs for chunking, `text` is them joined."""
     text = path.read_text(encoding="utf-8")
     title = path.stem.replace("-", " ").replace("_", " ").capitalize()
-    sections, heading, body = [], None, []
+    sections, heading, paragraphs = [], None, [[]]
 
     def flush():
-        content = " ".join(" ".join(body).split())
-        if content:
-            sections.append({"title": title, "heading": heading or title, "text": content, "source": path.name})
+        paras = [" ".join(" ".join(p).split()) for p in paragraphs]
+        paras = [p for p in paras if p]
+        if paras:
+            sections.append({"id": f"kb/{path.stem}#{len(sections) + 1}", "title": title, "heading": heading or title,
+                             "text": " ".join(paras), "paragraphs": paras, "source": path.name})
 
     for line in text.splitlines():
         if line.startswith("# "):
             title = line[2:].strip()
         elif line.startswith("## "):
             flush()
-            heading, body = line[3:].strip(), []
+            heading, paragraphs = line[3:].strip(), [[]]
+        elif not line.strip():
+            paragraphs.append([])
         else:
-            body.append(line.strip())
+            paragraphs[-1].append(line.strip())
     flush()
     return sections
 
 
 def read_kb(folder: str, key: str = "data.kb") -> list[dict]:
-    """Passages of the knowledge base: '## ' sections of .md/.txt files in a folder, or a BEIR corpus.jsonl."""
+    """Sections of the knowledge base: '## ' sections of .md/.txt files in a folder (`kb/<stem>#<n>`), or the
+    passages of a BEIR corpus.jsonl (`kb/<_id>`)."""
     path = repo_path(folder)
     if path.is_file() and path.suffix.lower() in (".md", ".markdown", ".txt"):
         raise InputError(f"{_params_key(key)}{path} is a file, expected a folder of .md/.txt documents "
                          "(or a BEIR corpus.jsonl)")
     if path.is_file():
         df = read_records(path, {"id": "_id", "text": "text"}, {"title": "title"}, key=key)
-        return [
-            {"title": r.get("title", "") or "", "heading": "", "text": r["text"], "source": f"{path.name}#{r['id']}"}
-            for r in df.to_dict("records")
-        ]
+        return [{"id": f"kb/{r['id']}", "title": r.get("title", "") or "", "heading": "", "text": r["text"],
+                 "paragraphs": [p for p in re.split(r"\n\s*\n", r["text"]) if p.strip()],
+                 "source": f"{path.name}#{r['id']}"} for r in df.to_dict("records")]
     files = sorted(p for p in path.glob("**/*") if p.suffix.lower() in (".md", ".markdown", ".txt"))
     if not files:
         raise InputError(f"{path}: no .md or .txt documents found")
@@ -425,3 +451,18 @@ def write_json(path: str | Path, obj) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return pd.read_json(path, lines=True, dtype=False).to_dict("records")
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """sha256 of a model folder's files (names and bytes; the generated model card left out): which weights made an
+    index's vectors, so a search never mixes a new model's queries with an old model's passages."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "README.md"):
+        digest.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

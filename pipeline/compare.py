@@ -9,8 +9,7 @@ import argparse
 import textwrap
 
 from pipeline.common import run_main
-from pipeline.index import INDEX_DIRS
-from pipeline.search import Searcher, hit_label
+from pipeline.search import Searcher, default_index, hit_label
 
 
 def side_by_side(left: list[dict], right: list[dict], width: int = 58) -> str:
@@ -32,11 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compare base and fine-tuned retrieval for one query.")
     parser.add_argument("query")
     parser.add_argument("-k", type=int, default=3)
-    parser.add_argument("--index", default=str(INDEX_DIRS["finetuned"]), help="the fine-tuned model's index folder")
-    parser.add_argument("--base-index", default=str(INDEX_DIRS["base"]), help="the base model's index folder")
+    parser.add_argument("--index", default=None, help="the served model's index folder (default models/index)")
+    parser.add_argument("--base-index", default=None, help="the base model's index folder (default models/index_base)")
     args = parser.parse_args(argv)
-    base = Searcher(args.base_index, "base").search(args.query, args.k)
-    tuned = Searcher(args.index, "finetuned").search(args.query, args.k)
+    base = Searcher(args.base_index or default_index("base")).search(args.query, args.k)["hits"]
+    tuned = Searcher(args.index or default_index("finetuned")).search(args.query, args.k)["hits"]
     print(f"query: {args.query}\n")
     print(side_by_side(base, tuned))
 

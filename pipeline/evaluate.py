@@ -1,7 +1,8 @@
 """Stage 3b, evaluate: score the fine-tuned model and a hybrid against the baselines on every held-out set.
 
-Reads   params: evaluate.*
-        files:  data/prepared/{test,testsets/*,val,val_users}/, models/finetuned/, reports/baselines/, reports/train/,
+Reads   params: evaluate.*, encode.* (the index's own encoding: what is served is what was scored)
+        files:  data/prepared/{test,testsets/*,val,val_users}/, data/passages.jsonl (a set judging the served
+                sections is scored on the served passages), models/finetuned/, reports/baselines/, reports/train/,
                 reports/data_stats.json
 Writes  reports/metrics.json     the main test set (the FAQ split or data.testset) at the top level, as always:
                                    "base", "finetuned", "bm25", "hybrid": mrr@10, ndcg@10, map@100, recall@1/5/10/20;
@@ -9,7 +10,9 @@ Writes  reports/metrics.json     the main test set (the FAQ split or data.testse
                                    randomisation-test p-value;
                                  "testsets": {name: the same systems and "finetuned_vs_base"} for data.testsets;
                                  "base_val", "finetuned_val", "base_val_users", "finetuned_val_users" and
-                                   "finetuned_val_users_vs_base_val_users": the validation sets that chose the model
+                                   "finetuned_val_users_vs_base_val_users": the validation sets that chose the model;
+                                 "no_match": the served model's "no good match" threshold, calibrated on validation
+                                   (evaluate.no_match_precision), with its precision and recall there and on test
         reports/per_query.csv    every query of every held-out set: rank of its first relevant passage and
                                  reciprocal rank @k per system
                                  (rr@{mrr_k}_<system>: 0 below rank mrr_k, so each column averages to mrr@{mrr_k})
@@ -17,7 +20,7 @@ Writes  reports/metrics.json     the main test set (the FAQ split or data.testse
                                  training curves (PNG)
         reports/report.md        the one page to show a colleague: a verdict per held-out set first
         reports/serve.json       which model the index serves: the base model when the fine-tuned one is
-                                 significantly worse on a guard set (evaluate.guards), and why
+                                 significantly worse on a guard set (evaluate.guards), and why; its no-match threshold
 
     python -m pipeline.evaluate
 """
@@ -38,7 +41,8 @@ from pipeline.common import (
     atomic_file,
     load_model,
     load_params,
-    read_beir,
+    pick_precision,
+    read_jsonl,
     read_topics,
     run_main,
     write_json,
@@ -46,13 +50,18 @@ from pipeline.common import (
 from pipeline.retrieval import (
     dense_run,
     first_relevant_rank,
+    flag_quality,
+    found_sections,
     held_out_sets,
     load_run,
+    no_match_samples,
+    no_match_threshold,
     pair_scores,
     per_query_metrics,
     ranked,
     reciprocal_rank_at_k,
     rrf,
+    scored_set,
     summary,
 )
 
@@ -67,6 +76,7 @@ PLOTS = Path("reports/plots")
 REPORT = Path("reports/report.md")
 SERVE = Path("reports/serve.json")
 STATS = Path("reports/data_stats.json")
+PASSAGES = Path("data/passages.jsonl")
 SYSTEMS = ["base", "finetuned", "bm25", "hybrid"]
 
 
@@ -100,21 +110,26 @@ def paired_test(a: pd.Series, b: pd.Series, samples: int, seed: int, topics: pd.
 
 
 def main() -> None:
-    cfg = load_params("evaluate")
-    depth, batch_size, seed = int(cfg["depth"]), int(cfg["batch_size"]), int(cfg["seed"])
-    samples, mrr_k = int(cfg["bootstrap_samples"]), int(cfg["mrr_k"])
+    cfg, enc = load_params("evaluate"), load_params("encode")
+    depth, seed, samples, mrr_k = int(cfg["depth"]), int(cfg["seed"]), int(cfg["bootstrap_samples"]), int(cfg["mrr_k"])
+    batch_size, precision = int(enc["batch_size"]), pick_precision(enc["precision"], "encode.precision")
     headline = [f"mrr@{mrr_k}", f"ndcg@{cfg['ndcg_k']}"]
-    model = load_model(str(MODEL_DIR), max_seq_length=int(cfg["max_seq_length"]))
+    model = load_model(str(MODEL_DIR), max_seq_length=int(enc["max_seq_length"]))
+    served = read_jsonl(PASSAGES)
 
-    # 1. Every held-out set (the main test set, then data.testsets): fine-tuned run, the baselines' runs, the hybrid
+    # 1. Every held-out set (the main test set, then data.testsets): fine-tuned run, the baselines' runs, the hybrid;
+    # a set judging the served sections is retrieved from the served chunks and scored per section (scored_set)
     metrics: dict = {}
-    tables, scores, main, sizes = [], {}, {}, {}
+    tables, scores, main, sizes, raw = [], {}, {}, {}, {}
     for name, folder in held_out_sets(PREPARED).items():
-        corpus, queries, qrels = read_beir(folder)
+        corpus, queries, qrels, section_of = scored_set(folder, served)
         sizes[name] = len(qrels)
         runs = {s: load_run(BASELINES / f"{name}_{s}.json") for s in ("base", "bm25")}
-        runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size)
+        runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision)
         runs["hybrid"] = rrf([runs["bm25"], runs["finetuned"]], int(cfg["rrf_k"]), depth)
+        raw[name] = (runs, qrels, section_of)
+        pair_run = runs["finetuned"]
+        runs = {s: found_sections(r, qrels, section_of) for s, r in runs.items()}
         scores[name] = {s: per_query_metrics(runs[s], qrels, cfg) for s in SYSTEMS}
         block = {s: summary(scores[name][s], cfg) for s in SYSTEMS}
         topics = read_topics(folder)
@@ -125,7 +140,7 @@ def main() -> None:
             metrics.update(block)
             main = {"runs": runs, "corpus": corpus, "qrels": qrels, "pairs": {
                 "base": pd.read_csv(BASELINES / "test_base_pair_scores.csv"),
-                "finetuned": pair_scores(runs["finetuned"], qrels, q_emb, c_emb, queries, corpus)}}
+                "finetuned": pair_scores(pair_run, qrels, q_emb, c_emb, queries, corpus, section_of)}}
         else:
             metrics.setdefault("testsets", {})[name] = block
         table = pd.DataFrame({"set": name, "query_id": list(qrels), "query": [queries[q] for q in qrels]})
@@ -134,14 +149,16 @@ def main() -> None:
         for s in SYSTEMS:
             table[f"rr@{mrr_k}_{s}"] = table["query_id"].map(reciprocal_rank_at_k(runs[s], qrels, mrr_k)).round(4)
         tables.append(table)
-        log.info("%-20s %s", name, "  ".join(f"{s} ndcg@10 {block[s]['ndcg@10']:.4f}" for s in SYSTEMS))
+        log.info("%-20s %s%s", name, "  ".join(f"{s} ndcg@10 {block[s]['ndcg@10']:.4f}" for s in SYSTEMS),
+                 f"  ({len(corpus)} served passages)" if section_of else "")
 
     # 2. The validation sets that chose the checkpoint and the merge weight, FAQ-style and as users write
     for name in ("val", "val_users"):
-        corpus, queries, qrels = read_beir(PREPARED / name)
-        run, _, _ = dense_run(model, corpus, queries, depth, batch_size)
-        scores[name] = {"base": per_query_metrics(load_run(BASELINES / f"{name}_base.json"), qrels, cfg),
-                        "finetuned": per_query_metrics(run, qrels, cfg)}
+        corpus, queries, qrels, section_of = scored_set(PREPARED / name, served)
+        runs = {"base": load_run(BASELINES / f"{name}_base.json"),
+                "finetuned": dense_run(model, corpus, queries, depth, batch_size, precision)[0]}
+        raw[name] = (runs, qrels, section_of)
+        scores[name] = {s: per_query_metrics(found_sections(runs[s], qrels, section_of), qrels, cfg) for s in runs}
         metrics[f"base_{name}"], metrics[f"finetuned_{name}"] = (summary(scores[name][s], cfg) for s in ("base", "finetuned"))
     metrics["finetuned_val_users_vs_base_val_users"] = {
         m: paired_test(scores["val_users"]["finetuned"][m], scores["val_users"]["base"][m], samples, seed)
@@ -154,7 +171,27 @@ def main() -> None:
     if serve["model"] == "base":
         log.warning("the index will serve the base model: %s", serve["reason"])
 
-    # 4. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
+    # 4. "No good match": the served model's top score below a threshold, set on the users' validation questions and
+    # reported on the users' test sets (data.testsets; the main test set when there are none). Users' questions
+    # score lower than FAQ-style ones (0.62 against 0.77 median top cosine on the bundled data): a threshold set on
+    # both would flag half of the users' answerable questions.
+    def samples_of(names):
+        pairs = [no_match_samples(raw[n][0][serve["model"]], raw[n][1], raw[n][2]) for n in names]
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    users_sets = [n for n in sizes if n != "test"] or ["test"]
+    threshold = no_match_threshold(*samples_of(["val_users"]), float(cfg["no_match_precision"]))
+    quality = {"val": flag_quality(*samples_of(["val_users"]), threshold),
+               "test": flag_quality(*samples_of(users_sets), threshold)}
+    metrics["no_match"] = {"threshold": round(threshold, 4),
+                           **{f"{split}_{k}": v for split, q in quality.items() for k, v in q.items()}}
+    serve["no_match"] = {"threshold": round(threshold, 4), "precision": quality["val"]["precision"],
+                         "recall": quality["val"]["recall"], "test_precision": quality["test"]["precision"]}
+    log.info("no good match below %.4f: precision %.3f recall %.3f on validation, %.3f / %.3f on test", threshold,
+             quality["val"]["precision"], quality["val"]["recall"], quality["test"]["precision"],
+             quality["test"]["recall"])
+
+    # 5. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
     per_query = pd.concat(tables, ignore_index=True)
     test_rows = per_query[per_query["set"] == "test"]
     curves = pd.DataFrame({"k": range(1, depth + 1)})

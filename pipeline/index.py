@@ -1,19 +1,22 @@
-"""Stage 4, index: the knowledge base encoded by the fine-tuned model into a FAISS index for the RAG system.
+"""Stage 4, index: the served passages encoded by the served model into a FAISS index, with BM25 beside it.
 
 Two stages of dvc.yaml run this module, one per model, so that a new training run re-encodes the knowledge base
 with the new model only: the base model's index (for `compare` and `search --model base`) depends on nothing
 training reads, and DVC keeps it, as it keeps the baselines.
 
-Reads   params: data.kb, data.faq, data.faq_columns, index.*, model.base
-        files:  data.kb documents (one passage per '## ' section), data.faq answers, models/finetuned/ and
-                reports/serve.json (finetuned: evaluate's decision; the base model when the fine-tuned one lost on a
-                guard set)
+Reads   params: model.base, encode.*, index.*, evaluate.rrf_k and evaluate.depth (the hybrid, as evaluated)
+        files:  data/passages.jsonl (the passages evaluation scored, cut by the passages stage), models/finetuned/
+                and reports/serve.json (finetuned: evaluate's decision, the base model when the fine-tuned one lost
+                on a guard set, and the "no good match" threshold calibrated for the served model)
 Writes  models/index/        (finetuned) or models/index_base/ (base):
-            passages.jsonl   one passage a line: title, heading, text, source (file and section or line)
-            <model>.faiss    inner-product index of unit vectors (= cosine)
-            info.json        which model encoded it (and which was served, and why), at what length and precision
+            passages.jsonl   one passage a line, as in data/passages.jsonl
+            dense.faiss      inner product of unit vectors (= cosine): exact, or HNSW above index.approximate_above
+            bm25/            bm25s index of the same texts, for the hybrid mode
+            info.json        the model that encoded it (name, a path relative to this folder, sha256 of its files),
+                             the encoding settings, which model was served and why, the no-match threshold, and
+                             for an approximate index its recall@10 against exact search
 
-    python -m pipeline.index            # the fine-tuned model
+    python -m pipeline.index            # the served model (the fine-tuned one, unless evaluate said otherwise)
     python -m pipeline.index base       # the base model
 """
 
@@ -22,21 +25,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import faiss
-import pandas as pd
-import torch
+import numpy as np
 
 from pipeline.common import (
     atomic_dir,
     load_model,
     load_params,
     local_model_path,
+    model_fingerprint,
+    passage_text,
     pick_precision,
-    read_kb,
-    read_records,
+    read_jsonl,
+    repo_path,
     require_tracked,
+    resolve_model,
     run_main,
     write_json,
 )
@@ -45,62 +52,85 @@ from pipeline.retrieval import encode
 log = logging.getLogger("pipeline.index")
 MODEL_DIR = Path("models/finetuned")
 SERVE = Path("reports/serve.json")
+PASSAGES = Path("data/passages.jsonl")
 INDEX_DIRS = {"finetuned": Path("models/index"), "base": Path("models/index_base")}
 
 
-def collect_passages(data: dict, include_faq_answers: bool) -> list[dict]:
-    passages = read_kb(data["kb"])
-    if include_faq_answers:
-        cols = data["faq_columns"]
-        for f in data.get("faq") or []:
-            df = read_records(f, {"question": cols["question"], "answer": cols["answer"]}, key="data.faq")
-            passages += [{"title": r.question, "heading": "", "text": r.answer, "source": r.where}
-                         for r in df.itertuples()]
-    unique = list({p["text"]: p for p in passages}.values())  # one passage per distinct text
-    log.info("%d passages (%d duplicates dropped)", len(unique), len(passages) - len(unique))
-    return unique
-
-
-def build_index(model, texts: list[str], batch_size: int, precision: str) -> faiss.Index:
-    # bf16 autocast (matrix products in bf16, the vectors kept as float32): on MedQuAD's 5,000 passages it encodes
-    # 1.9x faster on a CPU with AVX512-BF16, and the fine-tuned model scores the same test MRR@10 and NDCG@10
-    # to four decimals (bench/README.md).
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        vectors = encode(model, texts, batch_size).float().cpu().numpy()
-    # Exact search: a knowledge base of up to ~1M passages is searched in milliseconds by a flat index;
-    # an approximate one (HNSW, IVF) only pays for itself beyond that.
-    index = faiss.IndexFlatIP(vectors.shape[1])
+def build_index(vectors: np.ndarray, cfg: dict) -> tuple[faiss.Index, dict]:
+    """Exact search (a flat index) up to index.approximate_above passages: 100,000 are searched in milliseconds
+    (bench/README.md). Above it HNSW (no training pass, high recall), and its recall@10 against exact search on a
+    sample of the passages themselves as queries, each one's own vector left out of both lists."""
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    if len(vectors) <= int(cfg["approximate_above"]):
+        return exact, {"kind": "exact"}
+    index = faiss.IndexHNSWFlat(vectors.shape[1], int(cfg["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = int(cfg["ef_construction"])
     index.add(vectors)
-    return index
+    index.hnsw.efSearch = int(cfg["ef_search"])
+    sample = np.random.default_rng(0).choice(len(vectors), size=min(1000, len(vectors)), replace=False)
+    _, want = exact.search(vectors[sample], 11)
+    _, got = index.search(vectors[sample], 11)
+    recall = np.mean([len((set(w) - {q}) & (set(g) - {q})) / len(set(w) - {q})
+                      for q, w, g in zip(sample, want, got)])
+    log.info("HNSW index (M %s, efSearch %s): recall@10 %.4f against exact search", cfg["hnsw_m"], cfg["ef_search"], recall)
+    return index, {"kind": "hnsw", "recall@10_vs_exact": round(float(recall), 4)}
+
+
+def build_bm25(texts: list[str], folder: Path) -> None:
+    import bm25s
+    import Stemmer
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False),
+                    show_progress=False)
+    retriever.save(str(folder))
+
+
+def model_identity(model_ref: str, target: Path) -> dict:
+    """How the index names its model: the name as configured, its folder relative to the index's final place
+    (found from anywhere the project folder is), and the sha256 that the searcher checks."""
+    path = Path(resolve_model(model_ref)).resolve()
+    relative = os.path.relpath(path, repo_path(target).resolve()) if repo_path(model_ref).exists() else None
+    return {"name": model_ref, "path": relative, "sha256": model_fingerprint(path)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Encode the knowledge base into a FAISS index.")
+    parser = argparse.ArgumentParser(description="Encode the served passages into a FAISS index.")
     parser.add_argument("model", nargs="?", default="finetuned", choices=sorted(INDEX_DIRS))
     name = parser.parse_args(argv).model
-    data, cfg = load_params("data"), load_params("index")
+    cfg, enc = load_params("index"), load_params("encode")
     base = load_params("model")["base"]
-    require_tracked("index" if name == "finetuned" else "index_base", {
-        "data.kb": data["kb"], "data.faq": data.get("faq") if cfg["include_faq_answers"] else None,
-        "model.base": local_model_path(base)})
+    hybrid = {k: int(v) for k, v in load_params("evaluate").items() if k in ("rrf_k", "depth")}
+    require_tracked("index" if name == "finetuned" else "index_base", {"model.base": local_model_path(base)})
     served = {"model": "base", "reason": "the base model's own index"}
     if name == "finetuned":  # what evaluate decided: the base model when the fine-tuned one lost on a guard set
         served = json.loads(SERVE.read_text(encoding="utf-8"))
         if served["model"] == "base":
             log.warning("serving the base model, not the fine-tuned one: %s", served["reason"])
     model_ref = str(MODEL_DIR) if served["model"] == "finetuned" else base
-    precision = pick_precision(cfg["precision"], "index.precision")
-    passages = collect_passages(data, bool(cfg["include_faq_answers"]))
-    texts = [f"{p['title']}: {p['heading']}. {p['text']}" if p["heading"] else p["text"] for p in passages]
-    model = load_model(model_ref, max_seq_length=int(cfg["max_seq_length"]))
-    with atomic_dir(INDEX_DIRS[name]) as out:
-        pd.DataFrame(passages).to_json(out / "passages.jsonl", orient="records", lines=True, force_ascii=False)
-        faiss.write_index(build_index(model, texts, int(cfg["batch_size"]), precision), str(out / f"{name}.faiss"))
-        write_json(out / "info.json", {"models": {name: model_ref}, "served": served["model"],
-                                       "reason": served.get("reason", "no guard set lost"),
-                                       "max_seq_length": int(cfg["max_seq_length"]), "precision": precision,
-                                       "passages": len(passages)})
-    log.info("encoded %d passages with %s (%s) into %s", len(texts), model_ref, precision, INDEX_DIRS[name])
+    precision = pick_precision(enc["precision"], "encode.precision")
+    passages = read_jsonl(PASSAGES)
+    texts = [passage_text(p["title"], p["heading"], p["text"]) for p in passages]
+    model = load_model(model_ref, max_seq_length=int(enc["max_seq_length"]))
+    target = INDEX_DIRS[name]
+    with atomic_dir(target) as out:
+        start = time.perf_counter()
+        vectors = encode(model, texts, int(enc["batch_size"]), precision).cpu().numpy()
+        encode_seconds = time.perf_counter() - start
+        index, kind = build_index(vectors, cfg)
+        faiss.write_index(index, str(out / "dense.faiss"))
+        build_bm25(texts, out / "bm25")
+        (out / "passages.jsonl").write_text(PASSAGES.read_text(encoding="utf-8"), encoding="utf-8")
+        write_json(out / "info.json", {
+            "model": model_identity(model_ref, target), "served": served["model"],
+            "reason": served.get("reason", "no guard set lost"),
+            "max_seq_length": int(enc["max_seq_length"]), "precision": precision, "hybrid": hybrid,
+            "no_match_threshold": served.get("no_match", {}).get("threshold"),
+            "passages": len(passages), "index": kind,
+            "passages_per_second": round(len(texts) / encode_seconds, 1)})
+    log.info("encoded %d passages with %s (%s, %.0f passages/s) into %s", len(texts), model_ref, precision,
+             len(texts) / encode_seconds, target)
 
 
 if __name__ == "__main__":

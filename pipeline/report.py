@@ -142,6 +142,13 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
     lines.append(f"- The index serves {served}" + (f": {serve['reason']}." if serve.get("reason") else
                                                       f" (guard sets: {', '.join(serve['guards']) or 'none'})."))
     lines += [f"- Warning: {w}." for w in serve["warnings"]]
+    if "no_match" in metrics:
+        nm = metrics["no_match"]
+        lines.append(f"- \"No good match\" when the top cosine is below {nm['threshold']:.3f} (set on validation for "
+                     f"{cfg['no_match_precision']:.0%} precision on the users' questions): on the users' test sets with the "
+                     f"documents answering each question taken out, {nm['test_recall']:.0%} of questions are flagged, "
+                     f"at {nm['test_precision']:.0%} precision; {nm['test_false_flags']:.0%} of answerable ones are "
+                     "flagged too.")
     small = [n for n, size in sizes.items() if size < 50]
     if small:
         lines.append(f"- Small test sets ({', '.join(f'{n}: {sizes[n]}' for n in small)} questions): their intervals "

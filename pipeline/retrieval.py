@@ -12,15 +12,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_beir
+from pipeline.common import passage_text, read_beir
 
 Run = dict[str, dict[str, float]]
+MULTI_GPU_MIN_TEXTS = 20_000
 
 
-def encode(model, texts: list[str], batch_size: int):
-    """Unit-length embeddings (cosine = dot product), as a tensor on the model's device."""
-    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
-                        show_progress_bar=len(texts) > 500)
+def encode(model, texts: list[str], batch_size: int, precision: str = "fp32"):
+    """Unit-length embeddings (cosine = dot product), as a float32 tensor on the model's device.
+
+    bf16: autocast, matrix products in bf16 and the vectors kept as float32; on MedQuAD's 5,000 passages it encodes
+    1.9x faster on a CPU with AVX512-BF16, the same test scores to four decimals (bench/README.md). Evaluation and
+    the index take the same setting (encode.precision), so the index serves what was scored.
+    """
+    import torch
+
+    # several GPUs: sentence-transformers' multi-process encoding, one process per GPU, for a large corpus (starting
+    # the processes costs seconds); those processes run the model in its own dtype, fp32
+    gpus = torch.cuda.device_count()
+    devices = [f"cuda:{i}" for i in range(gpus)] if gpus > 1 and len(texts) >= MULTI_GPU_MIN_TEXTS else None
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16" and devices is None):
+        vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
+                               show_progress_bar=len(texts) > 500, device=devices)
+    return vectors.float().to(model.device)
 
 
 def top_k(q_emb, c_emb, query_ids: list[str], doc_ids: list[str], depth: int) -> Run:
@@ -31,9 +45,11 @@ def top_k(q_emb, c_emb, query_ids: list[str], doc_ids: list[str], depth: int) ->
     return {q: {doc_ids[h["corpus_id"]]: float(h["score"]) for h in hs} for q, hs in zip(query_ids, hits)}
 
 
-def dense_run(model, corpus: dict[str, str], queries: dict[str, str], depth: int, batch_size: int):
+def dense_run(model, corpus: dict[str, str], queries: dict[str, str], depth: int, batch_size: int,
+              precision: str = "fp32"):
     """Encode corpus and queries, retrieve; the embeddings come back too for reuse and pair statistics."""
-    c_emb, q_emb = encode(model, list(corpus.values()), batch_size), encode(model, list(queries.values()), batch_size)
+    c_emb = encode(model, list(corpus.values()), batch_size, precision)
+    q_emb = encode(model, list(queries.values()), batch_size, precision)
     return top_k(q_emb, c_emb, list(queries), list(corpus), depth), q_emb, c_emb
 
 
@@ -41,6 +57,40 @@ def held_out_sets(prepared: Path) -> dict[str, Path]:
     """The held-out sets prepare wrote, by name: the main test set first, then each of data.testsets."""
     named = sorted(p for p in (prepared / "testsets").glob("*") if p.is_dir())
     return {"test": prepared / "test", **{p.name: p for p in named}}
+
+
+def scored_set(folder: Path, served: list[dict]):
+    """A held-out set as it is scored: corpus, queries, qrels, and `section_of` (chunk id -> section id).
+
+    When every passage its qrels judge is a section or answer the index serves (`kb/<stem>#<n>`, `faq/<row>`), the
+    corpus is the served passages themselves (data/passages.jsonl, chunked as served, the same text encoded) and
+    `section_of` maps each chunk to the section it was cut from; otherwise the set's own corpus.jsonl, and None.
+    """
+    corpus, queries, qrels = read_beir(folder)
+    sections = {p["section"] for p in served}
+    if served and all(d in sections for rel in qrels.values() for d in rel):
+        corpus = {p["id"]: passage_text(p["title"], p["heading"], p["text"]) for p in served}
+        return corpus, queries, qrels, {p["id"]: p["section"] for p in served}
+    return corpus, queries, qrels, None
+
+
+def found_sections(run: Run, qrels: dict[str, dict[str, int]], section_of: dict[str, str] | None) -> Run:
+    """A run over chunks as a run over the judged sections: a chunk of a section relevant to the query stands for
+    that section where it first appears (a relevant passage is found when a retrieved chunk overlaps it); every
+    other chunk keeps its own id, so ranks never move up and several chunks of one section are not merged into one.
+    """
+    if section_of is None:
+        return run
+    out: Run = {}
+    for qid, scores in run.items():
+        relevant, seen, mapped = qrels.get(qid, {}), set(), {}
+        for doc in ranked(scores):
+            section = section_of.get(doc, doc)
+            key = section if section in relevant and section not in seen else doc
+            seen.add(section)
+            mapped[key] = scores[doc]
+        out[qid] = mapped
+    return out
 
 
 def bm25_run(corpus: dict[str, str], queries: dict[str, str], depth: int) -> Run:
@@ -124,15 +174,20 @@ def summary(per_query: pd.DataFrame, cfg: dict) -> dict[str, float]:
     return {k: round(float(per_query[k].mean()), 4) for k in keys}
 
 
-def pair_scores(run: Run, qrels: dict, q_emb, c_emb, queries: dict, corpus: dict) -> pd.DataFrame:
-    """Cosine of each query with its best relevant passage and with its hardest (top-ranked) non-relevant one."""
+def pair_scores(run: Run, qrels: dict, q_emb, c_emb, queries: dict, corpus: dict,
+                section_of: dict[str, str] | None = None) -> pd.DataFrame:
+    """Cosine of each query with its best relevant passage and with its hardest (top-ranked) non-relevant one
+    (`section_of`: chunks of a relevant section are relevant)."""
     q_index = {q: i for i, q in enumerate(queries)}
-    d_index = {d: i for i, d in enumerate(corpus)}
+    section = section_of or {}
+    chunks: dict[str, list[int]] = {}
+    for i, d in enumerate(corpus):
+        chunks.setdefault(section.get(d, d), []).append(i)
     rows = []
     for qid, rel in qrels.items():
         qv = q_emb[q_index[qid]]
-        positive = max(float(qv @ c_emb[d_index[d]]) for d in rel)
-        hardest = next((run[qid][d] for d in ranked(run[qid]) if d not in rel), np.nan)
+        positive = max(float(qv @ c_emb[i]) for d in rel for i in chunks[d])
+        hardest = next((run[qid][d] for d in ranked(run[qid]) if section.get(d, d) not in rel), np.nan)
         rows.append({"query_id": qid, "positive": positive, "hardest_negative": hardest})
     return pd.DataFrame(rows)
 
@@ -170,3 +225,49 @@ def validation_evaluator(folder: Path, name: str, batch_size: int):
             return metrics
 
     return GradedRetrievalEvaluator()
+
+
+def no_match_samples(run: Run, qrels: dict[str, dict[str, int]], section_of: dict[str, str] | None = None):
+    """Top scores per query with its answers in the corpus, and with every document holding one taken out (each
+    chunk of a section of `kb/<doc>#<n>`, each judged answer): the second is what the index returns for a question
+    about a subject it holds nothing on. Test sets judge answerable questions only; taking the documents out is
+    how the unanswerable case is had from them."""
+    def document(doc_id: str) -> str:
+        return (section_of or {}).get(doc_id, doc_id).split("#")[0]
+
+    answered, unanswered = [], []
+    for qid, relevant in qrels.items():
+        scores = run.get(qid, {})
+        order = ranked(scores)
+        if not order:
+            continue
+        answered.append(scores[order[0]])
+        absent = {document(d) for d in relevant}
+        rest = [scores[d] for d in order if document(d) not in absent]
+        if rest:
+            unanswered.append(rest[0])
+    return np.array(answered, dtype=float), np.array(unanswered, dtype=float)
+
+
+def no_match_threshold(answered: np.ndarray, unanswered: np.ndarray, precision: float) -> float:
+    """The highest threshold t such that "top score < t" is right (no answer held) at least `precision` of the
+    times it fires: as many no-answer questions flagged as that precision allows. 0.0 when no t reaches it."""
+    scores = np.concatenate([answered, unanswered])
+    labels = np.concatenate([np.zeros(len(answered)), np.ones(len(unanswered))])
+    order = np.argsort(scores, kind="stable")
+    s, hit = scores[order], labels[order]
+    cumulative = np.cumsum(hit) / np.arange(1, len(s) + 1)  # precision when the i+1 lowest top scores are flagged
+    ok = np.flatnonzero((cumulative >= precision) & (np.r_[s[1:], np.inf] > s))  # cut between distinct scores
+    if not len(ok):
+        return 0.0
+    i = ok.max()
+    return float((s[i] + s[i + 1]) / 2) if i + 1 < len(s) else float(s[i] + 1e-6)
+
+
+def flag_quality(answered: np.ndarray, unanswered: np.ndarray, threshold: float) -> dict[str, float]:
+    """precision: share of flagged questions that had no answer; recall: share of no-answer questions flagged;
+    false_flags: share of answerable questions flagged."""
+    flagged_no, flagged_yes = int((unanswered < threshold).sum()), int((answered < threshold).sum())
+    return {"precision": round(flagged_no / max(1, flagged_no + flagged_yes), 4),
+            "recall": round(flagged_no / max(1, len(unanswered)), 4),
+            "false_flags": round(flagged_yes / max(1, len(answered)), 4)}

@@ -1,9 +1,16 @@
-"""Search the knowledge base index built by the index stage: a command, and a small API for a RAG application.
+"""Search an index built by the index stage: a library for a RAG application, and a command.
 
-    python -m pipeline.search "What are the symptoms of a dog sickness causing vomiting and diarrhea?" -k 3
+    python -m pipeline.search "my puppy keeps vomiting and has bloody diarrhea" -k 3 [--mode hybrid] [--json]
 
-    from pipeline.search import Searcher
-    hits = Searcher().search("my cat is drinking a lot", k=5)   # [{"rank", "score", "title", "text", "source"}, ...]
+    from pipeline.search import Searcher                   # after `pip install -e .`, from any folder
+    searcher = Searcher("/path/to/project/models/index")    # loads once; checks the model is the one that encoded it
+    result = searcher.search("my cat is drinking a lot", k=5)
+    result["hits"]            # [{"rank", "score", "id", "section", "title", "heading", "text", "source"}, ...]
+    result["no_good_match"]   # True when the best cosine is under the threshold calibrated on validation
+    searcher.search_batch(["question one", "question two"], k=5, mode="hybrid")
+
+Modes: dense (the fine-tuned model, cosine) and hybrid (BM25 and dense fused by reciprocal rank, as evaluated).
+"no_good_match" always comes from the dense top score: fused ranks carry no calibrated score.
 """
 
 from __future__ import annotations
@@ -11,61 +18,135 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+import threading
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pandas as pd
 
-from pipeline.common import InputError, load_model, repo_path, run_main
-from pipeline.index import INDEX_DIRS
+from pipeline.common import InputError, load_model, model_fingerprint, resolve_model, run_main
+from pipeline.retrieval import ranked, rrf
+
+MODES = ("dense", "hybrid")
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT_INDEX = {"finetuned": "models/index", "base": "models/index_base"}
+
+
+def default_index(model: str = "finetuned") -> Path:
+    """The project's index: under the current folder when it is the project, else under the installed project."""
+    here = Path.cwd() / DEFAULT_INDEX[model]
+    return here if here.is_dir() else PROJECT / DEFAULT_INDEX[model]
 
 
 class Searcher:
-    """Loads the index, its passages and the model that encoded it; `search` returns the top-k passages.
-    model: finetuned (models/index/) or base (models/index_base/); index_dir: another folder."""
+    """The index, its passages, BM25 beside it and the model that encoded it, loaded once.
 
-    def __init__(self, index_dir: str | Path | None = None, model: str = "finetuned"):
-        if model not in INDEX_DIRS:
-            raise InputError(f"model {model!r}: one of {sorted(INDEX_DIRS)}")
-        index_dir = repo_path(index_dir or INDEX_DIRS[model])
-        info_file = index_dir / "info.json"
+    Refuses an index whose vectors another model made: info.json records the sha256 of the encoding model's files,
+    and the model found now must match it (after `dvc repro train` alone, run `dvc repro` to re-index)."""
+
+    def __init__(self, index_dir: str | Path | None = None):
+        self.index_dir = Path(index_dir) if index_dir else default_index()
+        info_file = self.index_dir / "info.json"
         if not info_file.is_file():
-            raise InputError(f"{info_file}: no index here; run `dvc repro` (or `python -m pipeline.index {model}`) first")
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        if model not in info["models"]:
-            raise InputError(f"model {model!r}: the index has {sorted(info['models'])}")
-        self.passages = pd.read_json(index_dir / "passages.jsonl", lines=True, dtype=False).to_dict("records")
-        self.index = faiss.read_index(str(index_dir / f"{model}.faiss"))
-        self.model = load_model(info["models"][model], max_seq_length=info["max_seq_length"])
+            raise InputError(f"{info_file}: no index here; run `dvc repro` in the project (or give the index folder)")
+        self.info = info = json.loads(info_file.read_text(encoding="utf-8"))
+        self.model_dir = model_dir = self._model_dir(info["model"])
+        found = model_fingerprint(model_dir)
+        if found != info["model"]["sha256"]:
+            raise InputError(f"{self.index_dir}: its vectors were made by model {info['model']['name']} with sha256 "
+                             f"{info['model']['sha256'][:12]}, but {model_dir} now has {found[:12]}: the model changed "
+                             "after indexing; run `dvc repro` to re-encode the index")
+        self.passages = pd.read_json(self.index_dir / "passages.jsonl", lines=True, dtype=False).to_dict("records")
+        self.index = faiss.read_index(str(self.index_dir / "dense.faiss"))
+        self.model = load_model(str(model_dir), max_seq_length=info["max_seq_length"])
+        self.threshold = info.get("no_match_threshold")
+        self._bm25 = None
+        self._lock = threading.Lock()  # one encode at a time: a server's threads share the model
 
-    def search(self, query: str, k: int = 5) -> list[dict]:
-        vector = self.model.encode([query], normalize_embeddings=True).astype("float32")
-        scores, ids = self.index.search(vector, min(k, self.index.ntotal))
-        return [{"rank": rank, "score": round(float(s), 4), **self.passages[i]}
-                for rank, (s, i) in enumerate(zip(scores[0], ids[0]), start=1)]
+    def _model_dir(self, model: dict) -> Path:
+        if model.get("path") and (self.index_dir / model["path"]).is_dir():
+            return (self.index_dir / model["path"]).resolve()
+        return Path(resolve_model(model["name"]))  # a weights package or the hub cache, from anywhere
+
+    def _check(self, queries: list[str], k: int, mode: str) -> None:
+        if mode not in MODES:
+            raise InputError(f"mode {mode!r}: one of {', '.join(MODES)}")
+        if not isinstance(k, int) or not 1 <= k <= self.index.ntotal:
+            raise InputError(f"k {k!r}: must be between 1 and the index size, {self.index.ntotal}")
+        if not queries:
+            raise InputError("no queries given")
+        for i, q in enumerate(queries):
+            if not isinstance(q, str) or not q.strip():
+                raise InputError(f"query {i}: empty; give the question as text")
+
+    def _encode(self, queries: list[str]) -> np.ndarray:
+        import torch
+
+        with self._lock, torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                        enabled=self.info["precision"] == "bf16"):
+            return self.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype("float32")
+
+    def _bm25_run(self, queries: list[str], depth: int) -> dict:
+        import bm25s
+        import Stemmer
+
+        if self._bm25 is None:
+            self._bm25 = bm25s.BM25.load(str(self.index_dir / "bm25"))
+        tokens = bm25s.tokenize(queries, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+        docs, scores = self._bm25.retrieve(tokens, k=depth, show_progress=False)
+        return {str(q): {str(d): float(s) for d, s in zip(ds, ss)} for q, ds, ss in zip(range(len(queries)), docs, scores)}
+
+    def search_batch(self, queries: list[str], k: int = 5, mode: str = "dense") -> list[dict]:
+        self._check(queries, k, mode)
+        vectors = self._encode([q.strip() for q in queries])
+        hybrid = self.info["hybrid"]  # fused as evaluate fused them: the same depth and k
+        depth = k if mode == "dense" else min(self.index.ntotal, max(hybrid["depth"], k))
+        scores, ids = self.index.search(vectors, depth)
+        results = []
+        dense = {str(q): {str(i): float(s) for s, i in zip(ss, ii) if i >= 0} for q, (ss, ii) in enumerate(zip(scores, ids))}
+        fused = rrf([self._bm25_run(queries, depth), dense], hybrid["rrf_k"], depth) if mode == "hybrid" else dense
+        for q, query in enumerate(queries):
+            order = ranked(fused[str(q)])[:k]
+            top = float(scores[q][0])
+            hits = [{"rank": rank, "score": round(fused[str(q)][d], 4), **self.passages[int(d)]}
+                    for rank, d in enumerate(order, start=1)]
+            results.append({"query": query, "mode": mode, "top_cosine": round(top, 4),
+                            "no_good_match": self.threshold is not None and top < self.threshold, "hits": hits})
+        return results
+
+    def search(self, query: str, k: int = 5, mode: str = "dense") -> dict:
+        return self.search_batch([query], k, mode)[0]
 
 
 def hit_label(hit: dict) -> str:
-    return f"{hit['title']} > {hit['heading']}" if hit.get("heading") else hit["title"]
+    return f"{hit['title']} > {hit['heading']}" if hit.get("heading") and hit["heading"] != hit["title"] else \
+        hit.get("title") or hit.get("question") or hit["id"]
 
 
-def format_hit(hit: dict, width: int = 100) -> str:
-    where = hit_label(hit)
-    body = textwrap.shorten(hit["text"], width=300, placeholder=" …")
-    return (f"{hit['rank']}. [{hit['score']:.3f}] {where}  ({hit['source']})\n"
-            + textwrap.indent(textwrap.fill(body, width), "   "))
+def format_result(result: dict, width: int = 100) -> str:
+    lines = []
+    if result["no_good_match"]:
+        lines.append(f"(no good match: the best cosine, {result['top_cosine']:.3f}, is under the calibrated threshold)")
+    for hit in result["hits"]:
+        body = textwrap.shorten(hit["text"], width=300, placeholder=" …")
+        lines.append(f"{hit['rank']}. [{hit['score']:.3f}] {hit_label(hit)}  ({hit['source']})\n"
+                     + textwrap.indent(textwrap.fill(body, width), "   "))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Search the knowledge base with the fine-tuned model.")
+    parser = argparse.ArgumentParser(description="Search the knowledge base with the served model.")
     parser.add_argument("query")
     parser.add_argument("-k", type=int, default=5, help="passages to return (default 5)")
-    parser.add_argument("--model", default="finetuned", choices=sorted(INDEX_DIRS))
-    parser.add_argument("--index", default=None, help="index folder (default models/index, or models/index_base)")
+    parser.add_argument("--mode", default="dense", choices=MODES, help="dense (default) or hybrid (BM25 + dense, RRF)")
+    parser.add_argument("--model", default="finetuned", choices=sorted(DEFAULT_INDEX),
+                        help="which of the project's indexes (default finetuned: the served model)")
+    parser.add_argument("--index", default=None, help="an index folder (default: the project's models/index)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    hits = Searcher(args.index, args.model).search(args.query, args.k)
-    print(json.dumps(hits, indent=2, ensure_ascii=False) if args.json else "\n".join(map(format_hit, hits)))
+    result = Searcher(args.index or default_index(args.model)).search(args.query, args.k, args.mode)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_result(result))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import yaml
 from pipeline.common import set_params
 from tests.conftest import ROOT, run
 
-STAGES = ["prepare", "train", "baselines", "evaluate", "index", "index_base"]
-READS_BASE_MODEL = ["prepare", "train", "baselines", "index", "index_base"]
+STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base"]
+READS_BASE_MODEL = ["passages", "prepare", "train", "baselines", "index", "index_base"]
 METRIC_KEYS = ["mrr@10", "ndcg@10", "map@100", "recall@1", "recall@5", "recall@10", "recall@20"]
 
 
@@ -46,9 +46,8 @@ def repo(tmp_path_factory, tiny_model) -> Path:
         "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
         "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
         "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
-        "evaluate.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50,
-        "index.max_seq_length": 32, "evaluate.guards": [],
-        "train.precision": "fp32", "index.precision": "fp32",  # the same numbers on every CPU
+        "encode.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50, "evaluate.guards": [],
+        "train.precision": "fp32", "encode.precision": "fp32",  # the same numbers on every CPU
     })
     # the tiny model is a local folder outside the project: a dependency of every stage that loads model.base
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())
@@ -79,10 +78,16 @@ def test_outputs_and_metric_file_shape(repo):
         for m in ["mrr@10", "ndcg@10"]:
             t = comp[m]
             assert set(t) == {"delta", "ci_low", "ci_high", "p_value"} and t["ci_low"] <= t["delta"] <= t["ci_high"]
+    assert set(metrics["no_match"]) == {f"{split}_{k}" for split in ("val", "test")
+                                        for k in ("precision", "recall", "false_flags")} | {"threshold"}
     stats = json.loads((repo / "reports/data_stats.json").read_text())
     assert stats["pairs"]["train"] == 48 and stats["pairs"]["test_queries"] > 0
     assert (repo / "models/finetuned/model.safetensors").is_file()
-    assert (repo / "models/index/finetuned.faiss").is_file() and (repo / "models/index_base/base.faiss").is_file()
+    for index in ["models/index", "models/index_base"]:
+        assert (repo / index / "dense.faiss").is_file() and (repo / index / "bm25").is_dir()
+    served = [json.loads(line) for line in (repo / "data/passages.jsonl").read_text().splitlines()]
+    assert (repo / "models/index/passages.jsonl").read_text() == (repo / "data/passages.jsonl").read_text()
+    assert {"kb/canine-parvovirus#1", "faq/1"} <= {p["id"] for p in served}
     assert (repo / "reports/train/plots/metrics/eval/val_cosine_ndcg@10.tsv").is_file()
     for png in ["recall_at_k", "rank_change", "score_distributions", "training_curves"]:
         assert (repo / f"reports/plots/{png}.png").stat().st_size > 1000
@@ -107,7 +112,9 @@ def test_second_repro_does_nothing(repo):
 @pytest.mark.parametrize("param, value, expected", [
     ("evaluate.rrf_k", 10, ["evaluate"]),
     ("evaluate.guards", ["pet_owners"], ["evaluate", "index"]),  # the serving decision changes what index reads
-    ("index.batch_size", 16, ["index", "index_base"]),
+    ("index.ef_search", 64, ["index", "index_base"]),
+    ("encode.batch_size", 8, ["baselines", "evaluate", "index", "index_base"]),  # what is served is what was scored
+    ("passages.strategy", "window", ["passages", "baselines", "evaluate", "index", "index_base"]),  # not training
     ("evaluate.depth", 40, ["baselines", "evaluate"]),
     ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index"]),
 ])
@@ -133,17 +140,20 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(repo, tmp_path):
 
 def test_search_and_compare_on_the_built_index(repo):
     out = run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3", "--json"], repo)
-    hits = json.loads(out.stdout)
-    assert [h["rank"] for h in hits] == [1, 2, 3]
+    result = json.loads(out.stdout)
+    hits = result["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and isinstance(result["no_good_match"], bool)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
-    assert {"title", "text", "source"} <= set(hits[0])
+    assert {"id", "section", "title", "text", "source"} <= set(hits[0])
     base_hits = json.loads(run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3",
-                                "--json", "--model", "base"], repo).stdout)
+                                "--json", "--model", "base"], repo).stdout)["hits"]
     assert [h["rank"] for h in base_hits] == [1, 2, 3]
     # each index says which model encoded it: the base model's is its own stage's output, not the fine-tuned one's
     info = {name: json.loads((repo / f"models/{name}/info.json").read_text()) for name in ["index", "index_base"]}
-    assert info["index"]["models"] == {"finetuned": "models/finetuned"}
-    assert info["index_base"]["models"] == {"base": yaml.safe_load((repo / "params.yaml").read_text())["model"]["base"]}
+    assert info["index"]["model"]["name"] == "models/finetuned" and info["index"]["model"]["path"] == "../finetuned"
+    assert info["index_base"]["model"]["name"] == yaml.safe_load((repo / "params.yaml").read_text())["model"]["base"]
+    assert info["index"]["model"]["sha256"] != info["index_base"]["model"]["sha256"]
+    assert info["index"]["no_match_threshold"] == json.loads((repo / "reports/metrics.json").read_text())["no_match"]["threshold"]
     out = run(["python", "-m", "pipeline.compare", "my cat drinks a lot of water", "-k", "2"], repo)
     assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
 
@@ -181,11 +191,11 @@ def test_a_guard_loss_makes_the_index_serve_the_base_model(repo, tmp_path):
     assert "serving the base model, not the fine-tuned one: " + reason in out.stderr
     info = json.loads((copy / "models/index/info.json").read_text())
     base = yaml.safe_load((copy / "params.yaml").read_text())["model"]["base"]
-    assert info["served"] == "base" and info["reason"] == reason and info["models"] == {"finetuned": base}
+    assert info["served"] == "base" and info["reason"] == reason and info["model"]["name"] == base
     import faiss
 
-    served = faiss.read_index(str(copy / "models/index/finetuned.faiss"))
-    base_index = faiss.read_index(str(copy / "models/index_base/base.faiss"))
+    served = faiss.read_index(str(copy / "models/index/dense.faiss"))
+    base_index = faiss.read_index(str(copy / "models/index_base/dense.faiss"))
     assert served.ntotal == base_index.ntotal
     assert (served.reconstruct_n(0, 5) == base_index.reconstruct_n(0, 5)).all()  # the base model's vectors
 
