@@ -32,7 +32,7 @@ from pipeline.common import set_params  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
 CONSUMER = ROOT.parent / "shared" / "bench" / "consumer_questions"  # real users' questions: scored, never trained on
-STAGES = ["prepare", "train", "baselines", "evaluate", "index", "index_base"]
+STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base"]
 # Runs one stage and reports the peak resident memory of the processes it waited for (the stage's python).
 STAGE_WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(['dvc', 'repro', '-s', sys.argv[1]]); "
@@ -67,14 +67,13 @@ def make_workdir(name: str, overrides: dict) -> Path:
     })
     params["evaluate"]["guards"] = ["consumer_questions"]
     params["prepare"]["kb_pairs"] = False  # the test corpus is the knowledge base here: never train on it
-    params["index"]["include_faq_answers"] = False
+    params["passages"]["include_faq_answers"] = False
     set_params(params, overrides)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # every file a stage reads through params is a dependency of that stage (the stages check it)
     stages = yaml.safe_load((work / "dvc.yaml").read_text())
     stages["stages"]["prepare"]["deps"] += [str(MEDQUAD / "faq_train.jsonl"), str(MEDQUAD / "test"), str(CONSUMER)]
-    for stage in ("index", "index_base"):
-        stages["stages"][stage]["deps"].append(params["data"]["kb"])
+    stages["stages"]["passages"]["deps"].append(params["data"]["kb"])
     (work / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     # a repository with a commit, as a user's clone is (dvclive reads the current revision)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

@@ -8,6 +8,7 @@
     result["hits"]            # [{"rank", "score", "id", "section", "title", "heading", "text", "source"}, ...]
     result["no_good_match"]   # True when the best cosine is under the threshold calibrated on validation
     searcher.search_batch(["question one", "question two"], k=5, mode="hybrid")
+    Searcher(index_dir, backend="onnx")                    # the ONNX export (dvc repro export): no PyTorch, faster
 
 Modes: dense (the fine-tuned model, cosine) and hybrid (BM25 and dense fused by reciprocal rank, as evaluated).
 "no_good_match" always comes from the dense top score: fused ranks carry no calibrated score.
@@ -29,6 +30,7 @@ from pipeline.common import InputError, load_model, model_fingerprint, resolve_m
 from pipeline.retrieval import ranked, rrf
 
 MODES = ("dense", "hybrid")
+BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}  # onnx: pipeline/export.py
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_INDEX = {"finetuned": "models/index", "base": "models/index_base"}
 
@@ -45,7 +47,9 @@ class Searcher:
     Refuses an index whose vectors another model made: info.json records the sha256 of the encoding model's files,
     and the model found now must match it (after `dvc repro train` alone, run `dvc repro` to re-index)."""
 
-    def __init__(self, index_dir: str | Path | None = None):
+    def __init__(self, index_dir: str | Path | None = None, backend: str = "torch", onnx_dir: str | Path | None = None):
+        if backend not in BACKENDS:
+            raise InputError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
         self.index_dir = Path(index_dir) if index_dir else default_index()
         info_file = self.index_dir / "info.json"
         if not info_file.is_file():
@@ -59,7 +63,11 @@ class Searcher:
                              "after indexing; run `dvc repro` to re-encode the index")
         self.passages = pd.read_json(self.index_dir / "passages.jsonl", lines=True, dtype=False).to_dict("records")
         self.index = faiss.read_index(str(self.index_dir / "dense.faiss"))
-        self.model = load_model(str(model_dir), max_seq_length=info["max_seq_length"])
+        self.backend = backend
+        if backend == "torch":
+            self.model = load_model(str(model_dir), max_seq_length=info["max_seq_length"])
+        else:  # the export of this very model (pipeline/export.py): ONNX Runtime, no PyTorch
+            self.model = self._onnx_encoder(Path(onnx_dir) if onnx_dir else self.index_dir.parent / "onnx", backend)
         self.threshold = info.get("no_match_threshold")
         self._bm25 = None
         self._lock = threading.Lock()  # one encode at a time: a server's threads share the model
@@ -68,6 +76,18 @@ class Searcher:
         if model.get("path") and (self.index_dir / model["path"]).is_dir():
             return (self.index_dir / model["path"]).resolve()
         return Path(resolve_model(model["name"]))  # a weights package or the hub cache, from anywhere
+
+    def _onnx_encoder(self, folder: Path, backend: str):
+        from pipeline.onnx_encoder import OnnxEncoder
+
+        export = folder / "export.json"
+        if not export.is_file():
+            raise InputError(f"{export}: no ONNX export here; run `dvc repro export` (or give --onnx-dir)")
+        made_from = json.loads(export.read_text(encoding="utf-8"))["sha256"]
+        if made_from != self.info["model"]["sha256"]:
+            raise InputError(f"{folder}: exported from a model with sha256 {made_from[:12]}, but the index was encoded "
+                             f"by {self.info['model']['sha256'][:12]}; run `dvc repro` to bring both up to date")
+        return OnnxEncoder(folder / BACKENDS[backend], self.info["max_seq_length"])
 
     def _check(self, queries: list[str], k: int, mode: str) -> None:
         if mode not in MODES:
@@ -81,6 +101,9 @@ class Searcher:
                 raise InputError(f"query {i}: empty; give the question as text")
 
     def _encode(self, queries: list[str]) -> np.ndarray:
+        if self.backend != "torch":
+            with self._lock:
+                return self.model.encode(queries)
         import torch
 
         with self._lock, torch.autocast(self.model.device.type, dtype=torch.bfloat16,
@@ -143,9 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="finetuned", choices=sorted(DEFAULT_INDEX),
                         help="which of the project's indexes (default finetuned: the served model)")
     parser.add_argument("--index", default=None, help="an index folder (default: the project's models/index)")
+    parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
+                        help="torch (default), or the ONNX export: onnx (same scores) or onnx-int8 (reports/export.json)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    result = Searcher(args.index or default_index(args.model)).search(args.query, args.k, args.mode)
+    result = Searcher(args.index or default_index(args.model), args.backend).search(args.query, args.k, args.mode)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_result(result))
 
 

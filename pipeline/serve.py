@@ -1,6 +1,6 @@
 """A search service over an index: the model loads once, each request only encodes the query and searches.
 
-    python -m pipeline.serve [--index models/index] [--host 127.0.0.1] [--port 8000]
+    python -m pipeline.serve [--index models/index] [--host 127.0.0.1] [--port 8000] [--backend onnx]
 
     GET  /health                                  {"status": "ok", "passages", "model", "served", ...}
     GET  /search?q=my+cat+is+drinking+a+lot&k=5&mode=dense
@@ -20,7 +20,7 @@ from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from pipeline.common import InputError, run_main
-from pipeline.search import MODES, Searcher, default_index
+from pipeline.search import BACKENDS, MODES, Searcher, default_index
 
 log = logging.getLogger("pipeline.serve")
 
@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default=None, help="index folder (default: the project's models/index)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--backend", default="torch", choices=list(BACKENDS), help="torch, onnx or onnx-int8")
     args = parser.parse_args(argv)
-    searcher = Searcher(args.index or default_index())  # a missing or mismatched index: exit 1 before listening
+    searcher = Searcher(args.index or default_index(), args.backend)  # a missing or mismatched index: exit 1 before listening
     log.info("serving %s (%d passages, model %s) on http://%s:%d", searcher.index_dir, searcher.index.ntotal,
              searcher.info["model"]["name"], args.host, args.port)
     uvicorn.run(create_app(searcher), host=args.host, port=args.port, log_level="warning")

@@ -1,4 +1,5 @@
-"""The index stage's encoding: bf16 autocast gives float32 unit vectors close to fp32's, searched by FAISS."""
+"""The index stage's encoding and search structures: bf16 gives float32 unit vectors close to fp32's; above
+index.approximate_above the index is approximate (IVF) and says how well it matches exact search."""
 
 from __future__ import annotations
 
@@ -6,18 +7,32 @@ import numpy as np
 
 from pipeline.common import load_model
 from pipeline.index import build_index
+from pipeline.retrieval import encode
 
 TEXTS = ["Parvovirus causes vomiting and bloody diarrhoea in puppies.", "Feline diabetes: thirst and weight loss.",
          "Heartworm is spread by mosquitoes.", "Kennel cough is a contagious respiratory infection."]
 
 
-def test_bf16_index_holds_float32_unit_vectors_close_to_fp32(tiny_model):
+def test_bf16_encoding_gives_float32_unit_vectors_close_to_fp32(tiny_model):
     model = load_model(tiny_model, max_seq_length=32, device="cpu")
-    fp32, bf16 = (build_index(model, TEXTS, 2, precision) for precision in ("fp32", "bf16"))
-    a, b = (np.vstack([index.reconstruct(i) for i in range(index.ntotal)]) for index in (fp32, bf16))
+    a, b = (encode(model, TEXTS, 2, precision).numpy() for precision in ("fp32", "bf16"))
     assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == (4, model.get_embedding_dimension())
     assert np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-3)
     assert not np.array_equal(a, b)  # bf16 really ran: its products are rounded
     assert (np.sum(a * b, axis=1) > 0.99).all()
-    scores, ids = bf16.search(a[:1], 4)  # each passage is its own nearest neighbour across precisions
-    assert ids[0][0] == 0
+    index, kind = build_index(b, {"approximate_above": 1000})
+    assert kind == {"kind": "exact"} and index.search(a[:1], 4)[1][0][0] == 0  # its own nearest across precisions
+
+
+def random_unit_vectors(n: int, dim: int = 32) -> np.ndarray:
+    v = np.random.default_rng(1).standard_normal((n, dim)).astype("float32")
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_above_the_threshold_the_index_is_ivf_with_its_recall_measured():
+    vectors = random_unit_vectors(3000)
+    full, kind = build_index(vectors, {"approximate_above": 1000, "ivf_nlist": 16, "nprobe": 16})
+    assert kind["kind"] == "ivf" and kind["nlist"] == 16 and kind["recall@10_vs_exact"] == 1.0  # every cell searched
+    few, kind = build_index(vectors, {"approximate_above": 1000, "ivf_nlist": 16, "nprobe": 1})
+    assert 0.0 < kind["recall@10_vs_exact"] < 1.0  # one cell of 16: neighbours in other cells are missed
+    assert few.ntotal == full.ntotal == 3000

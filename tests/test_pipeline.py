@@ -112,7 +112,7 @@ def test_second_repro_does_nothing(repo):
 @pytest.mark.parametrize("param, value, expected", [
     ("evaluate.rrf_k", 10, ["evaluate"]),
     ("evaluate.guards", ["pet_owners"], ["evaluate", "index"]),  # the serving decision changes what index reads
-    ("index.ef_search", 64, ["index", "index_base"]),
+    ("index.nprobe", 16, ["index", "index_base"]),
     ("encode.batch_size", 8, ["baselines", "evaluate", "index", "index_base"]),  # what is served is what was scored
     ("passages.strategy", "window", ["passages", "baselines", "evaluate", "index", "index_base"]),  # not training
     ("evaluate.depth", 40, ["baselines", "evaluate"]),
@@ -154,6 +154,15 @@ def test_search_and_compare_on_the_built_index(repo):
     assert info["index_base"]["model"]["name"] == yaml.safe_load((repo / "params.yaml").read_text())["model"]["base"]
     assert info["index"]["model"]["sha256"] != info["index_base"]["model"]["sha256"]
     assert info["index"]["no_match_threshold"] == json.loads((repo / "reports/metrics.json").read_text())["no_match"]["threshold"]
+    # the ONNX export encodes as PyTorch does: the same passages in the same order, the same scores on every set
+    onnx = json.loads(run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3",
+                           "--json", "--backend", "onnx"], repo).stdout)
+    assert [h["id"] for h in onnx["hits"]] == [h["id"] for h in hits]
+    assert [h["score"] for h in onnx["hits"]] == pytest.approx([h["score"] for h in hits], abs=1e-3)
+    export = json.loads((repo / "reports/export.json").read_text())
+    assert export["onnx"]["ndcg_change_vs_torch"] == {"test": 0.0, "pet_owners": 0.0}
+    assert set(export["onnx_int8"]) >= {"test", "pet_owners", "passages_per_second", "speedup_vs_torch"}
+    assert json.loads((repo / "models/onnx/export.json").read_text())["sha256"] == info["index"]["model"]["sha256"]
     out = run(["python", "-m", "pipeline.compare", "my cat drinks a lot of water", "-k", "2"], repo)
     assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
 

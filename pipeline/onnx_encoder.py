@@ -1,0 +1,37 @@
+"""Encode with an ONNX export of the served model (pipeline/export.py): ONNX Runtime and the model's own tokenizer,
+no PyTorch. The graph already ends in the model's pooling and unit-length normalisation, so this is the whole
+encoder; loading it takes a fraction of a second where importing PyTorch and sentence-transformers takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxEncoder:
+    def __init__(self, model_file: str | Path, max_seq_length: int, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_file = Path(model_file)
+        self.tokenizer = Tokenizer.from_file(str(model_file.parent / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer.encode_batch(list(texts[i:i + batch_size]))
+            feed = {"input_ids": [e.ids for e in batch], "attention_mask": [e.attention_mask for e in batch],
+                    "token_type_ids": [e.type_ids for e in batch]}
+            out.append(self.session.run(None, {k: np.asarray(v, dtype=np.int64) for k, v in feed.items()})[0])
+        return np.vstack(out).astype("float32") if out else np.zeros((0, 0), dtype="float32")
