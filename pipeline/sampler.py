@@ -22,6 +22,11 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
     negative losses: GROUP_BY_LABEL deals labels two rows at a time for the triplet losses.
     As NO_DUPLICATES, a row whose text is already in the batch waits for the next one; so does a row whose
     normalised question is: a question asked twice with two answers has two right answers, neither a negative.
+
+    Under DDP (torchrun) every process builds these same batches (seeded by seed and epoch, never by rank) and
+    accelerate deals them round-robin, batch i to rank i % N, in whole rounds only, so every process takes the same
+    number of steps. sentence-transformers then sets drop_last, since the loss gathers equal-sized batches: short
+    batches and an incomplete last round sit out this epoch; the next one is shuffled anew (tests/test_ddp.py).
     """
 
     def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,

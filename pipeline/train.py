@@ -12,6 +12,11 @@ loses on users' cannot win on it.
 
     python -m pipeline.train
 
+On a machine with several GPUs it re-launches itself under torchrun, one process per GPU (the number of processes
+is the hardware's, never a param); `torchrun --nproc_per_node N -m pipeline.train` runs it so by hand (gloo on the
+CPU, as tests/test_ddp.py does). Each process trains on its own batches, the loss gathers them into one softmax, and
+only rank 0 writes the model and the logs.
+
 The story, in the order of the sentence-transformers training examples:
 1. load the base model  2. load the data  3. the loss  4. the training arguments
 5. evaluate before  6. train  7. evaluate after, merged with the base model at each weight  8. save
@@ -19,12 +24,17 @@ The story, in the order of the sentence-transformers training examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +155,9 @@ def in_batch_negatives_loss(name: str, model, cfg: dict):
     if name == "CachedMultipleNegativesRankingLoss":
         # GradCache: a large effective batch (more in-batch negatives) in the memory of a small one
         options["mini_batch_size"] = int(cfg["mini_batch_size"])
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # every process's batch enters every softmax: N processes with batch b train as one batch of N x b
+        options["gather_across_devices"] = True
     try:
         return getattr(losses, name)(model, **options)
     except ValueError as e:  # the library's own check of the options
@@ -179,12 +192,47 @@ def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
     return loss, data
 
 
+def validate(evaluator, model) -> dict:
+    """The evaluator's scores, the same on every process. Under DDP rank 0 runs it while the others encode their
+    share of its texts, as the trainer evaluates during training; then rank 0 sends its scores to all."""
+    from sentence_transformers.util.distributed import distributed_evaluation
+
+    scores = [None]
+    with distributed_evaluation(model) as here:
+        if here:
+            scores = [evaluator(model)]
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(scores)
+    return scores[0]
+
+
+def torchrun(processes: int) -> int:
+    """This stage again, one process per GPU; torchrun's exit status (non-zero when any process failed)."""
+    log.info("%d GPUs: training on all of them (torchrun --nproc_per_node %d)", processes, processes)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", "-m", "pipeline.train"]).returncode
+
+
 def main() -> None:
     from dvclive import Live
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
+    # Every GPU, whatever params say: `dvc repro` on an N-GPU machine trains on N (CUDA_VISIBLE_DEVICES=0: on one)
+    if "WORLD_SIZE" not in os.environ and torch.cuda.device_count() > 1:
+        if status := torchrun(torch.cuda.device_count()):
+            sys.exit(status)
+        return
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:  # under torchrun; accelerate finds the process group made here and uses it
+        gpu = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else None
+        if gpu:
+            torch.cuda.set_device(gpu)
+        # timeout: transformers' ddp_timeout, not NCCL's 10 minutes (rank 0 evaluates while the others wait)
+        torch.distributed.init_process_group("nccl" if gpu else "gloo", device_id=gpu, timeout=timedelta(minutes=30))
+        if rank:
+            log.setLevel(logging.WARNING)  # rank 0 tells the story; the others only what goes wrong
     cfg = load_params("train")
     base = load_params("model")["base"]
     require_tracked("train", {"model.base": local_model_path(base)})
@@ -211,17 +259,31 @@ def main() -> None:
         batch_sampler = functools.partial(GroupedNoDuplicatesBatchSampler, groups=[r["group"] for r in train_rows])
         log.info("batches of whole groups: %d groups", len({r["group"] for r in train_rows}))
 
-    # 4. Training arguments
+    # 4. Training arguments. Under DDP sentence-transformers keeps only full batches (the loss gathers one size from
+    # every process), every process draws the same ones (seeded, not by rank), and accelerate deals them round-robin
+    # in whole rounds: each process takes batches // world steps, the same number, or DDP would hang
     batch_size = int(cfg["batch_size"])
-    batches = math.ceil(len(train_dataset) / batch_size)
+    drop_last = world > 1
+    batches = len(train_dataset) // batch_size if drop_last else math.ceil(len(train_dataset) / batch_size)
     if batch_sampler is not BatchSamplers.NO_DUPLICATES:  # grouped: rows that clash wait, which can add batches
-        batches = len(batch_sampler(train_dataset, batch_size=batch_size, drop_last=False, seed=int(cfg["seed"])))
+        batches = len(batch_sampler(train_dataset, batch_size=batch_size, drop_last=drop_last, seed=int(cfg["seed"])))
+    batches //= world
+    if not batches:
+        raise InputError(f"{len(train_dataset)} training rows make no full batch of {batch_size} for each of "
+                         f"{world} processes: lower train.batch_size")
+    if world > 1:
+        log.info("%d processes, batch %d each: %d pairs a step, %d steps an epoch", world, batch_size,
+                 world * batch_size, batches)
     steps = batches * float(cfg["epochs"])
     if int(cfg["max_steps"]) > 0:
         steps = min(steps, int(cfg["max_steps"]))
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))
     precision = pick_precision(cfg["precision"], "train.precision")
-    checkpoints = Path(tempfile.mkdtemp(prefix="checkpoints-"))
+    # one checkpoint folder for all processes: rank 0 saves there, and every one loads the best back at the end
+    checkpoints = [tempfile.mkdtemp(prefix="checkpoints-") if rank == 0 else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(checkpoints)
+    checkpoints = Path(checkpoints[0])
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=float(cfg["epochs"]),
@@ -249,13 +311,15 @@ def main() -> None:
     )
 
     # dvclive writes aside (beside the checkpoints), moved into place with the model at the end: a failed run leaves
-    # the previous reports/train and models/finetuned as they were, never new logs beside an old model
+    # the previous reports/train and models/finetuned as they were, never new logs beside an old model. Rank 0 only.
     live_tmp = checkpoints / "dvclive"
-    with Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        live.log_params({k: cfg[k] for k in sorted(cfg)})
+    live = Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None) if rank == 0 else None
+    with live or contextlib.nullcontext():
+        if live:
+            live.log_params({k: cfg[k] for k in sorted(cfg)})
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
-            callbacks=[dvclive_callback(live)],
+            callbacks=[dvclive_callback(live)] if live else [],
         )
         # 5-6. Evaluate before (eval_on_start) and train: every check is logged to dvclive
         start = time.perf_counter()
@@ -271,7 +335,7 @@ def main() -> None:
         merges = {}
         for alpha in sorted(float(a) for a in cfg["merge_alphas"]):
             model.load_state_dict(merged_state(base_state, tuned, alpha))
-            merges[alpha] = evaluator(model)
+            merges[alpha] = validate(evaluator, model)  # the same scores, so the same choice, on every process
             log.info("merge %.2f: val NDCG@10 %.4f, val_users NDCG@10 %.4f", alpha,
                      merges[alpha]["val_cosine_ndcg@10"], merges[alpha]["val_users_cosine_ndcg@10"])
         alpha = choose_merge(merges, before, [f"{name}_cosine_ndcg@10" for name in ("val", "val_users")])
@@ -280,7 +344,7 @@ def main() -> None:
         log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f);"
                  " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC],
                  kept.get("step"), alpha, train_seconds / 60)
-        live.summary = {
+        summary = {
             "val_ndcg@10_before": round(before["eval_val_cosine_ndcg@10"], 4),
             "val_ndcg@10_best": round(after["val_cosine_ndcg@10"], 4),
             "val_mrr@10_best": round(after["val_cosine_mrr@10"], 4),
@@ -293,17 +357,26 @@ def main() -> None:
             "best_step": int(kept.get("step", 0)),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
-            "pairs_per_second": round(trainer.state.global_step * batch_size / train_seconds, 2),
+            "pairs_per_second": round(trainer.state.global_step * batch_size * world / train_seconds, 2),
             "device": str(model.device.type),
+            "processes": world,
             "precision": precision,
         }
+        if live:
+            live.summary = summary
 
-    # 8. Save the chosen model as safetensors, and the logs beside it
-    with atomic_dir(LIVE_DIR) as live_out, atomic_dir(MODEL_DIR) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    log.info("wrote %s and %s", MODEL_DIR, LIVE_DIR)
+    # 8. Save the chosen model as safetensors, and the logs beside it: rank 0, once every process got here (none died
+    # mid-way), and the renames last of all
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        with atomic_dir(LIVE_DIR) as live_out, atomic_dir(MODEL_DIR) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        log.info("wrote %s and %s", MODEL_DIR, LIVE_DIR)
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
