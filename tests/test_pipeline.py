@@ -17,8 +17,8 @@ import yaml
 from pipeline.common import set_params
 from tests.conftest import ROOT, run
 
-STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base"]
-READS_BASE_MODEL = ["passages", "prepare", "train", "baselines", "index", "index_base"]
+STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base", "export"]
+READS_BASE_MODEL = ["passages", "prepare", "train", "baselines", "index", "index_base", "export"]
 METRIC_KEYS = ["mrr@10", "ndcg@10", "map@100", "recall@1", "recall@5", "recall@10", "recall@20"]
 
 
@@ -110,13 +110,13 @@ def test_second_repro_does_nothing(repo):
 
 
 @pytest.mark.parametrize("param, value, expected", [
-    ("evaluate.rrf_k", 10, ["evaluate"]),
-    ("evaluate.guards", ["pet_owners"], ["evaluate", "index"]),  # the serving decision changes what index reads
+    ("evaluate.rrf_k", 10, ["evaluate", "index", "index_base"]),  # the indexes' hybrid fuses as evaluated
+    ("evaluate.guards", ["pet_owners"], ["evaluate", "index", "export"]),  # the serving decision: what is served
     ("index.nprobe", 16, ["index", "index_base"]),
-    ("encode.batch_size", 8, ["baselines", "evaluate", "index", "index_base"]),  # what is served is what was scored
-    ("passages.strategy", "window", ["passages", "baselines", "evaluate", "index", "index_base"]),  # not training
-    ("evaluate.depth", 40, ["baselines", "evaluate"]),
-    ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index"]),
+    ("encode.batch_size", 8, ["baselines", "evaluate", "index", "index_base", "export"]),  # served = scored
+    ("passages.strategy", "window", ["passages", "baselines", "evaluate", "index", "index_base", "export"]),  # not training
+    ("evaluate.depth", 40, ["baselines", "evaluate", "index", "index_base", "export"]),
+    ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index", "export"]),
 ])
 def test_a_parameter_reruns_only_what_reads_it(repo, param, value, expected):
     set_repo_params(repo, {param: value})
