@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.common import passage_text, read_beir
+from pipeline.common import beir_passage_texts, passage_text, read_beir
 
 Run = dict[str, dict[str, float]]
 MULTI_GPU_MIN_TEXTS = 20_000
@@ -62,14 +62,26 @@ def held_out_sets(prepared: Path) -> dict[str, Path]:
 def scored_set(folder: Path, served: list[dict]):
     """A held-out set as it is scored: corpus, queries, qrels, and `section_of` (chunk id -> section id).
 
-    When every passage its qrels judge is a section or answer the index serves (`kb/<stem>#<n>`, `faq/<row>`), the
-    corpus is the served passages themselves (data/passages.jsonl, chunked as served, the same text encoded) and
-    `section_of` maps each chunk to the section it was cut from; otherwise the set's own corpus.jsonl, and None.
+    When every passage its qrels judge is a section or answer the index serves, the corpus is the served passages
+    themselves (data/passages.jsonl, chunked as served, the same text encoded) and `section_of` maps each chunk to
+    the section it was cut from; otherwise the set's own corpus.jsonl, and None. A judged passage is served when a
+    served section has its id (`kb/<stem>#<n>`, `faq/<row>`; `kb/<_id>` for a BEIR knowledge base) and every
+    chunk cut from that section is part of the judged text: the same passage, not just the same name.
     """
     corpus, queries, qrels = read_beir(folder)
-    sections = {p["section"] for p in served}
-    if served and all(d in sections for rel in qrels.values() for d in rel):
+    chunks: dict[str, list[str]] = {}
+    for p in served:
+        chunks.setdefault(p["section"], []).append(p["text"])
+    texts = beir_passage_texts(folder) if served else {}
+
+    def served_id(doc: str) -> str | None:
+        return next((s for s in (doc, f"kb/{doc}") if s in chunks and all(c in texts[doc] for c in chunks[s])), None)
+
+    judged = {d for rel in qrels.values() for d in rel}
+    mapping = {d: served_id(d) for d in judged}
+    if served and all(mapping.values()):
         corpus = {p["id"]: passage_text(p["title"], p["heading"], p["text"]) for p in served}
+        qrels = {q: {mapping[d]: g for d, g in rel.items()} for q, rel in qrels.items()}
         return corpus, queries, qrels, {p["id"]: p["section"] for p in served}
     return corpus, queries, qrels, None
 

@@ -92,14 +92,19 @@ def test_a_set_judging_served_sections_is_scored_on_the_served_passages(tmp_path
     served = [{"id": "kb/a#1/1", "section": "kb/a#1", "title": "A", "heading": "One", "text": "first half"},
               {"id": "kb/a#1/2", "section": "kb/a#1", "title": "A", "heading": "One", "text": "second half"},
               {"id": "faq/1", "section": "faq/1", "title": "", "heading": "", "text": "an answer"}]
-    write_beir(tmp_path / "judged", {"kb/a#1": "A: One. whole", "faq/1": "an answer"}, {"q": "question"},
+    write_beir(tmp_path / "judged", {"kb/a#1": "first half second half", "faq/1": "an answer"}, {"q": "question"},
                {"q": {"kb/a#1": 1}})
-    corpus, _, _, section_of = scored_set(tmp_path / "judged", served)
+    corpus, _, qrels, section_of = scored_set(tmp_path / "judged", served)
     assert corpus == {"kb/a#1/1": "A: One. first half", "kb/a#1/2": "A: One. second half", "faq/1": "an answer"}
-    assert section_of["kb/a#1/2"] == "kb/a#1"
-    write_beir(tmp_path / "other", {"d1": "elsewhere"}, {"q": "question"}, {"q": {"d1": 1}})
-    corpus, _, _, section_of = scored_set(tmp_path / "other", served)
-    assert corpus == {"d1": "elsewhere"} and section_of is None  # its own corpus: it judges passages not served
+    assert section_of["kb/a#1/2"] == "kb/a#1" and qrels == {"q": {"kb/a#1": 1}}
+    # a BEIR knowledge base's passages are served as kb/<_id>
+    kb = [{"id": "kb/d7/1", "section": "kb/d7", "title": "", "heading": "", "text": "long answer"}]
+    write_beir(tmp_path / "beir", {"d7": "long answer"}, {"q": "question"}, {"q": {"d7": 1}})
+    assert scored_set(tmp_path / "beir", kb)[2] == {"q": {"kb/d7": 1}}
+    # the same id with other text is another passage: scored on its own corpus
+    for folder, corpus in [("other", {"d1": "elsewhere"}), ("renamed", {"faq/1": "a different answer"})]:
+        write_beir(tmp_path / folder, corpus, {"q": "question"}, {"q": {next(iter(corpus)): 1}})
+        assert scored_set(tmp_path / folder, served)[0] == corpus and scored_set(tmp_path / folder, served)[3] is None
 
 
 def test_no_match_threshold_meets_its_precision_on_known_scores():
