@@ -3,6 +3,7 @@
     python bench/serve_latency.py                           # bundled index + 100,000 passages
     python bench/serve_latency.py --sizes 100000 1000000    # and a million (issue 15's scale)
     python bench/serve_latency.py --encode 100000           # encode every passage of the large corpus for real
+    python bench/serve_latency.py --sizes 1000000 --approximate-above 500000   # IVF instead of exact search
 
 Needs the project's index (`dvc repro` first). For each corpus it prints:
 - build: encoding rate (passages/s) and the FAISS build time, the index's memory;
@@ -107,9 +108,10 @@ def load_test(url: str, queries: list[str], requests: int, clients: int, batch: 
     return times
 
 
-def through_service(index_dir: Path, queries: list[str], rounds: int) -> None:
+def through_service(index_dir: Path, queries: list[str], rounds: int, backend: str, onnx_dir: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--index", str(index_dir), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--index", str(index_dir), "--port", str(port),
+                             "--backend", backend, "--onnx-dir", str(onnx_dir)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -181,35 +183,40 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000])
     parser.add_argument("--encode", type=int, default=10_000, help="passages of the large corpus encoded for real")
     parser.add_argument("--rounds", type=int, default=300, help="requests per latency measurement")
-    parser.add_argument("--exact", action="store_true", help="exact search at every size (no approximate index)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                        help="the query encoder of the search measurements (PyTorch or the export stage's ONNX)")
+    parser.add_argument("--approximate-above", type=int, default=None,
+                        help="override index.approximate_above (e.g. 500000: an IVF index at a million)")
     args = parser.parse_args()
     setup_logging()
     served = Path(args.index)
     queries = questions()
     print(f"machine: {os.cpu_count()} CPUs; torch threads {__import__('torch').get_num_threads()}")
 
-    print(f"\nbundled knowledge base ({served})")
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pipeline.search", queries[0], "-k", "3", "--index", str(served)],
-                         cwd=ROOT, capture_output=True, text=True)
-    print(f"  command line, with model load: {time.perf_counter() - start:.2f} s (exit {out.returncode})")
-    searcher = Searcher(served)
+    print(f"\nbundled knowledge base ({served}), backend {args.backend}")
+    for backend in ("torch", "onnx", "onnx-int8"):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "pipeline.search", queries[0], "-k", "3", "--index", str(served),
+                              "--backend", backend], cwd=ROOT, capture_output=True, text=True)
+        print(f"  command line, {backend}, with model load: {time.perf_counter() - start:.2f} s (exit {out.returncode})")
+    onnx_dir = served.parent / "onnx"
+    searcher = Searcher(served, args.backend, onnx_dir)
     print(f"  {searcher.index.ntotal} passages, {searcher.info['index']['kind']} search")
     in_process(searcher, queries, args.rounds)
-    through_service(served, queries, args.rounds)
+    through_service(served, queries, args.rounds, args.backend, onnx_dir)
 
     if not SHARED.is_dir():
         print(f"\n{SHARED} not found: no large corpus (MedQuAD) to build")
         return
     cfg = load_params("index", ROOT / "params.yaml")
-    if args.exact:
-        cfg["approximate_above"] = 10**12
+    if args.approximate_above is not None:
+        cfg["approximate_above"] = args.approximate_above
     for n in args.sizes:
         print(f"\n{n:,} passages (MedQuAD answers windowed and repeated)")
         folder = build_large(served, n, args.encode, cfg)
-        searcher = Searcher(folder)
+        searcher = Searcher(folder, args.backend, onnx_dir)
         in_process(searcher, queries, args.rounds)
-        through_service(folder, queries, args.rounds)
+        through_service(folder, queries, args.rounds, args.backend, onnx_dir)
         del searcher
 
 

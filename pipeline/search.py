@@ -168,9 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default=None, help="an index folder (default: the project's models/index)")
     parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
                         help="torch (default), or the ONNX export: onnx (same scores) or onnx-int8 (reports/export.json)")
+    parser.add_argument("--onnx-dir", default=None, help="the ONNX export (default: models/onnx beside the index)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    result = Searcher(args.index or default_index(args.model), args.backend).search(args.query, args.k, args.mode)
+    searcher = Searcher(args.index or default_index(args.model), args.backend, args.onnx_dir)
+    result = searcher.search(args.query, args.k, args.mode)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_result(result))
 
 

@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--backend", default="torch", choices=list(BACKENDS), help="torch, onnx or onnx-int8")
+    parser.add_argument("--onnx-dir", default=None, help="the ONNX export (default: models/onnx beside the index)")
     args = parser.parse_args(argv)
-    searcher = Searcher(args.index or default_index(), args.backend)  # a missing or mismatched index: exit 1 before listening
+    searcher = Searcher(args.index or default_index(), args.backend, args.onnx_dir)  # a missing or mismatched index: exit 1 before listening
     log.info("serving %s (%d passages, model %s) on http://%s:%d", searcher.index_dir, searcher.index.ntotal,
              searcher.info["model"]["name"], args.host, args.port)
     uvicorn.run(create_app(searcher), host=args.host, port=args.port, log_level="warning")
