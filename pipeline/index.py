@@ -57,10 +57,11 @@ INDEX_DIRS = {"finetuned": Path("models/index"), "base": Path("models/index_base
 
 
 def build_index(vectors: np.ndarray, cfg: dict) -> tuple[faiss.Index, dict]:
-    """Exact search (a flat index) up to index.approximate_above passages: 100,000 are searched in milliseconds
-    (bench/README.md). Above it an inverted-file index (IVF: k-means cells, `nprobe` of them searched per query),
-    which builds in minutes on a CPU where a graph (HNSW) of a million takes far longer; its recall@10 against exact
-    search is measured on a sample of the passages as queries, each one's own vector left out of both lists."""
+    """Exact search (a flat index) up to index.approximate_above passages. Above it an inverted-file index (IVF:
+    k-means cells, `nprobe` of them searched per query; a million build in under a minute on 2 CPU cores, where a
+    graph such as HNSW takes far longer): at 100,000 passages a query takes 3.6 ms against 20.7 ms exact, at recall@10
+    0.994 (bench/README.md). Its recall@10 against exact search is measured on a sample of the passages as queries,
+    each one's own vector left out of both lists, and recorded."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     if len(vectors) <= int(cfg["approximate_above"]):
