@@ -84,7 +84,10 @@ def chunk_section(section: dict, cfg: dict, tokenizer, max_seq_length: int) -> l
     # what the encoder has room for: its length, less [CLS]/[SEP] and the "title: heading." every chunk carries
     window = cfg["window_tokens"] or max_seq_length - 2 - count(passage_text(section["title"], section["heading"], ""))
     if window < 16:
-        raise InputError(f"params.yaml: passages.window_tokens: {window} tokens per chunk is too few (at least 16)")
+        why = "" if cfg["window_tokens"] else (f" (null: what encode.max_seq_length {max_seq_length} leaves after "
+                                                f"\"{section['title']}: {section['heading']}.\")")
+        raise InputError(f"params.yaml: passages.window_tokens: {window} tokens per chunk{why} is too few: at least "
+                         "16; raise encode.max_seq_length or set passages.window_tokens")
     if cfg["strategy"] == "paragraph":
         return [p for para in section["paragraphs"] for p in sentence_pieces(para, count, window)]
     overlap = int(cfg["overlap_tokens"])

@@ -20,7 +20,7 @@ def evaluate_project(tmp_path, monkeypatch, tiny_model):
     from pipeline import baselines
 
     params = set_params(load_params(path=ROOT / "params.yaml"), {
-        "model.base": tiny_model, "evaluate.depth": 6, "evaluate.max_seq_length": 16,
+        "model.base": tiny_model, "evaluate.depth": 6, "encode.max_seq_length": 16,
         "evaluate.bootstrap_samples": 50, "evaluate.report_examples": 2, "evaluate.guards": ["users"]})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     corpus = {f"d{i}": f"answer {i} about topic {i}" for i in range(6)}
@@ -28,6 +28,9 @@ def evaluate_project(tmp_path, monkeypatch, tiny_model):
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(4)}
     for split in ("test", "val", "val_users", "testsets/users"):
         write_beir(tmp_path / "data/prepared" / split, corpus, queries, qrels)
+    (tmp_path / "data/passages.jsonl").write_text("".join(  # served passages no set judges: own corpora scored
+        json.dumps({"id": f"kb/k{i}", "section": f"kb/k{i}", "title": "", "heading": "", "text": f"knowledge {i}",
+                    "source": "k.md"}) + "\n" for i in range(3)))
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports/data_stats.json").write_text('{"pairs": {"train_by_source": {"faq": 9, "glossary": 1}}}')
     shutil.copytree(tiny_model, tmp_path / "models/finetuned")

@@ -74,6 +74,8 @@ def test_every_chunk_names_the_section_it_was_cut_from(tokenizer):
             assert all(len(tokenizer(p["text"], add_special_tokens=False)["input_ids"]) <= 62 - prefix for p in passages)
     with pytest.raises(InputError, match="passages.overlap_tokens 80"):
         chunk_section(section, {"strategy": "window", "window_tokens": 40, "overlap_tokens": 80}, tokenizer, 64)
+    with pytest.raises(InputError, match="what encode.max_seq_length 20 leaves after .* raise encode.max_seq_length"):
+        chunk_section(section, {"strategy": "paragraph", "window_tokens": None, "overlap_tokens": 0}, tokenizer, 20)
 
 
 def test_a_run_over_chunks_is_scored_per_section_without_moving_ranks():

@@ -114,7 +114,8 @@ def test_second_repro_does_nothing(repo):
     ("evaluate.guards", ["pet_owners"], ["evaluate", "index", "export"]),  # the serving decision: what is served
     ("index.nprobe", 16, ["index", "index_base"]),
     ("encode.batch_size", 8, ["baselines", "evaluate", "index", "index_base", "export"]),  # served = scored
-    ("passages.strategy", "window", ["passages", "baselines", "evaluate", "index", "index_base", "export"]),  # not training
+    ("passages", {"strategy": "window", "window_tokens": 20, "overlap_tokens": 4, "include_faq_answers": True},
+     ["passages", "baselines", "evaluate", "index", "index_base", "export"]),  # a new cut: never training
     ("evaluate.depth", 40, ["baselines", "evaluate", "index", "index_base", "export"]),
     ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index", "export"]),
 ])

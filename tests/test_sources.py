@@ -86,7 +86,7 @@ def test_beir_folder_and_bad_qrels(tmp_path):
     write(tmp_path / "queries.jsonl", '{"_id": "q1", "text": "first?"}\n{"_id": "q2", "text": "no qrels"}\n')
     write(tmp_path / "qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td2\t1\n")
     corpus, queries, qrels = read_beir(tmp_path)
-    assert corpus == {"d1": "T one", "d2": "two"}
+    assert corpus == {"d1": "T. one", "d2": "two"}  # passage_text: the title in front, as the index encodes it
     assert queries == {"q1": "first?"}  # a query without a relevant passage cannot be scored
     assert qrels == {"q1": {"d2": 1}}
     write(tmp_path / "qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\n")
