@@ -15,7 +15,7 @@ loses on users' cannot win on it.
 On a machine with several GPUs it re-launches itself under torchrun, one process per GPU (the number of processes
 is the hardware's, never a param); `torchrun --nproc_per_node N -m pipeline.train` runs it so by hand (gloo on the
 CPU, as tests/test_ddp.py does). Each process trains on its own batches, the loss gathers them into one softmax, and
-only rank 0 writes the model and the logs.
+only rank 0 writes the model and the logs (pipeline/distributed.py).
 
 The story, in the order of the sentence-transformers training examples:
 1. load the base model  2. load the data  3. the loss  4. the training arguments
@@ -28,19 +28,15 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
 
+from pipeline import distributed
 from pipeline.common import (
     InputError,
     atomic_dir,
@@ -192,27 +188,6 @@ def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
     return loss, data
 
 
-def validate(evaluator, model) -> dict:
-    """The evaluator's scores, the same on every process. Under DDP rank 0 runs it while the others encode their
-    share of its texts, as the trainer evaluates during training; then rank 0 sends its scores to all."""
-    from sentence_transformers.util.distributed import distributed_evaluation
-
-    scores = [None]
-    with distributed_evaluation(model) as here:
-        if here:
-            scores = [evaluator(model)]
-    if torch.distributed.is_initialized():
-        torch.distributed.broadcast_object_list(scores)
-    return scores[0]
-
-
-def torchrun(processes: int) -> int:
-    """This stage again, one process per GPU; torchrun's exit status (non-zero when any process failed)."""
-    log.info("%d GPUs: training on all of them (torchrun --nproc_per_node %d)", processes, processes)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "-m", "pipeline.train"]).returncode
-
-
 def main() -> None:
     from dvclive import Live
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -220,19 +195,9 @@ def main() -> None:
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     # Every GPU, whatever params say: `dvc repro` on an N-GPU machine trains on N (CUDA_VISIBLE_DEVICES=0: on one)
-    if "WORLD_SIZE" not in os.environ and torch.cuda.device_count() > 1:
-        if status := torchrun(torch.cuda.device_count()):
-            sys.exit(status)
+    if distributed.relaunch_on_every_gpu():
         return
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:  # under torchrun; accelerate finds the process group made here and uses it
-        gpu = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else None
-        if gpu:
-            torch.cuda.set_device(gpu)
-        # timeout: transformers' ddp_timeout, not NCCL's 10 minutes (rank 0 evaluates while the others wait)
-        torch.distributed.init_process_group("nccl" if gpu else "gloo", device_id=gpu, timeout=timedelta(minutes=30))
-        if rank:
-            log.setLevel(logging.WARNING)  # rank 0 tells the story; the others only what goes wrong
+    rank, world = distributed.start()
     cfg = load_params("train")
     base = load_params("model")["base"]
     require_tracked("train", {"model.base": local_model_path(base)})
@@ -280,10 +245,7 @@ def main() -> None:
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))
     precision = pick_precision(cfg["precision"], "train.precision")
     # one checkpoint folder for all processes: rank 0 saves there, and every one loads the best back at the end
-    checkpoints = [tempfile.mkdtemp(prefix="checkpoints-") if rank == 0 else None]
-    if world > 1:
-        torch.distributed.broadcast_object_list(checkpoints)
-    checkpoints = Path(checkpoints[0])
+    checkpoints = distributed.shared_tempdir(rank, world, prefix="checkpoints-")
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=float(cfg["epochs"]),
@@ -335,7 +297,7 @@ def main() -> None:
         merges = {}
         for alpha in sorted(float(a) for a in cfg["merge_alphas"]):
             model.load_state_dict(merged_state(base_state, tuned, alpha))
-            merges[alpha] = validate(evaluator, model)  # the same scores, so the same choice, on every process
+            merges[alpha] = distributed.validate(evaluator, model)  # the same scores, so the same choice, on every process
             log.info("merge %.2f: val NDCG@10 %.4f, val_users NDCG@10 %.4f", alpha,
                      merges[alpha]["val_cosine_ndcg@10"], merges[alpha]["val_users_cosine_ndcg@10"])
         alpha = choose_merge(merges, before, [f"{name}_cosine_ndcg@10" for name in ("val", "val_users")])
@@ -367,16 +329,14 @@ def main() -> None:
 
     # 8. Save the chosen model as safetensors, and the logs beside it: rank 0, once every process got here (none died
     # mid-way), and the renames last of all
-    if world > 1:
-        torch.distributed.barrier()
+    distributed.wait_for_all(world)
     if rank == 0:
         with atomic_dir(LIVE_DIR) as live_out, atomic_dir(MODEL_DIR) as tmp:
             model.save_pretrained(str(tmp), safe_serialization=True)
             shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
         shutil.rmtree(checkpoints, ignore_errors=True)
         log.info("wrote %s and %s", MODEL_DIR, LIVE_DIR)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    distributed.finish(world)
 
 
 if __name__ == "__main__":
