@@ -47,7 +47,7 @@ from pipeline.common import (
     run_main,
     write_json,
 )
-from pipeline.retrieval import encode
+from pipeline.retrieval import bm25_index, encode
 
 log = logging.getLogger("pipeline.index")
 MODEL_DIR = Path("models/finetuned")
@@ -78,16 +78,6 @@ def build_index(vectors: np.ndarray, cfg: dict) -> tuple[faiss.Index, dict]:
     recall = np.mean([len((set(w) - {q}) & (set(g) - {q})) / len(set(w) - {q}) for q, w, g in zip(sample, want, got)])
     log.info("IVF index (%d cells, nprobe %d): recall@10 %.4f against exact search", nlist, index.nprobe, recall)
     return index, {"kind": "ivf", "nlist": nlist, "nprobe": index.nprobe, "recall@10_vs_exact": round(float(recall), 4)}
-
-
-def build_bm25(texts: list[str], folder: Path) -> None:
-    import bm25s
-    import Stemmer
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False),
-                    show_progress=False)
-    retriever.save(str(folder))
 
 
 def model_identity(model_ref: str, target: Path) -> dict:
@@ -123,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         encode_seconds = time.perf_counter() - start
         index, kind = build_index(vectors, cfg)
         faiss.write_index(index, str(out / "dense.faiss"))
-        build_bm25(texts, out / "bm25")
+        bm25_index(texts).save(str(out / "bm25"))
         (out / "passages.jsonl").write_text(PASSAGES.read_text(encoding="utf-8"), encoding="utf-8")
         write_json(out / "info.json", {
             "model": model_identity(model_ref, target), "served": served["model"],

@@ -105,18 +105,28 @@ def found_sections(run: Run, qrels: dict[str, dict[str, int]], section_of: dict[
     return out
 
 
-def bm25_run(corpus: dict[str, str], queries: dict[str, str], depth: int) -> Run:
-    """BM25 (bm25s, English stopwords and Snowball stemmer)."""
+def bm25_tokens(texts: list[str]):
+    """BM25's view of texts (bm25s, English stopwords and Snowball stemmer): the same for evaluation, the index and
+    the searcher's queries."""
     import bm25s
     import Stemmer
 
-    stemmer = Stemmer.Stemmer("english")
-    doc_ids = list(corpus)
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
+
+
+def bm25_index(texts: list[str]):
+    import bm25s
+
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(list(corpus.values()), stopwords="en", stemmer=stemmer, show_progress=False),
-                    show_progress=False)
-    tokens = bm25s.tokenize(list(queries.values()), stopwords="en", stemmer=stemmer, show_progress=False)
-    docs, scores = retriever.retrieve(tokens, k=min(depth, len(doc_ids)), show_progress=False)
+    retriever.index(bm25_tokens(texts), show_progress=False)
+    return retriever
+
+
+def bm25_run(corpus: dict[str, str], queries: dict[str, str], depth: int) -> Run:
+    """BM25 top `depth` per query."""
+    doc_ids = list(corpus)
+    retriever = bm25_index(list(corpus.values()))
+    docs, scores = retriever.retrieve(bm25_tokens(queries.values()), k=min(depth, len(doc_ids)), show_progress=False)
     return {qid: {doc_ids[d]: float(s) for d, s in zip(ds, ss)} for qid, ds, ss in zip(queries, docs, scores)}
 
 

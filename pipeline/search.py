@@ -27,18 +27,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common import InputError, load_model, model_fingerprint, resolve_model, run_main
-from pipeline.retrieval import ranked, rrf
+from pipeline.index import INDEX_DIRS
+from pipeline.retrieval import bm25_tokens, encode, ranked, rrf
 
 MODES = ("dense", "hybrid")
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}  # onnx: pipeline/export.py
 PROJECT = Path(__file__).resolve().parent.parent
-DEFAULT_INDEX = {"finetuned": "models/index", "base": "models/index_base"}
 
 
 def default_index(model: str = "finetuned") -> Path:
     """The project's index: under the current folder when it is the project, else under the installed project."""
-    here = Path.cwd() / DEFAULT_INDEX[model]
-    return here if here.is_dir() else PROJECT / DEFAULT_INDEX[model]
+    here = Path.cwd() / INDEX_DIRS[model]
+    return here if here.is_dir() else PROJECT / INDEX_DIRS[model]
 
 
 class Searcher:
@@ -101,23 +101,17 @@ class Searcher:
                 raise InputError(f"query {i}: empty; give the question as text")
 
     def _encode(self, queries: list[str]) -> np.ndarray:
-        if self.backend != "torch":
-            with self._lock:
+        with self._lock:
+            if self.backend != "torch":
                 return self.model.encode(queries)
-        import torch
-
-        with self._lock, torch.autocast(self.model.device.type, dtype=torch.bfloat16,
-                                        enabled=self.info["precision"] == "bf16"):
-            return self.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype("float32")
+            return encode(self.model, queries, 32, self.info["precision"]).cpu().numpy()  # as the index encoded
 
     def _bm25_run(self, queries: list[str], depth: int) -> dict:
         import bm25s
-        import Stemmer
 
         if self._bm25 is None:
             self._bm25 = bm25s.BM25.load(str(self.index_dir / "bm25"))
-        tokens = bm25s.tokenize(queries, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False)
-        docs, scores = self._bm25.retrieve(tokens, k=depth, show_progress=False)
+        docs, scores = self._bm25.retrieve(bm25_tokens(queries), k=depth, show_progress=False)
         return {str(q): {str(d): float(s) for d, s in zip(ds, ss)} for q, ds, ss in zip(range(len(queries)), docs, scores)}
 
     def search_batch(self, queries: list[str], k: int = 5, mode: str = "dense") -> list[dict]:
@@ -163,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("query")
     parser.add_argument("-k", type=int, default=5, help="passages to return (default 5)")
     parser.add_argument("--mode", default="dense", choices=MODES, help="dense (default) or hybrid (BM25 + dense, RRF)")
-    parser.add_argument("--model", default="finetuned", choices=sorted(DEFAULT_INDEX),
+    parser.add_argument("--model", default="finetuned", choices=sorted(INDEX_DIRS),
                         help="which of the project's indexes (default finetuned: the served model)")
     parser.add_argument("--index", default=None, help="an index folder (default: the project's models/index)")
     parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
