@@ -4,7 +4,7 @@
 
 The knowledge base is MedQuAD's test corpus (../shared/bench/medquad/test/corpus.jsonl, 5,000 answers: 38% are
 longer than 128 tokens and the encoder reads only their start); the questions are its 401 held-out test questions,
-whose answers live in it. Each strategy is cut by pipeline/passages.py exactly as the passages stage cuts, scored
+whose answers live in it. Each strategy is cut by pipeline/data/chunking.py exactly as the passages stage cuts, scored
 as evaluate scores the served passages (a judged answer is found where a chunk of it is retrieved), for the base
 model and the fine-tuned one (the MedQuAD run of bench/run_medquad.py: `--name final`). The bundled data's table
 comes from `dvc exp run -S passages.strategy=...` (README, "Chunking").
@@ -19,9 +19,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline.common import load_model, read_kb, resolve_model, setup_logging  # noqa: E402
-from pipeline.passages import cut  # noqa: E402
-from pipeline.retrieval import dense_run, found_sections, per_query_metrics, scored_set, summary  # noqa: E402
+from pipeline.data.chunking import cut  # noqa: E402
+from pipeline.data.kb import read_kb  # noqa: E402
+from pipeline.eval.heldout import found_sections, scored_set  # noqa: E402
+from pipeline.eval.metrics import per_query_metrics, summary  # noqa: E402
+from pipeline.models import load_model, resolve_model  # noqa: E402
+from pipeline.params import setup_logging  # noqa: E402
+from pipeline.retrieval import dense_run  # noqa: E402
 
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
 STRATEGIES = [("section", None, 0), ("paragraph", None, 0), ("window", None, 32), ("window", 64, 16)]

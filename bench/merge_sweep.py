@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.common import load_model, read_beir  # noqa: E402
-from pipeline.retrieval import dense_run, per_query_metrics, summary  # noqa: E402
-from pipeline.train import merged_state  # noqa: E402
+from pipeline.data.readers import read_beir  # noqa: E402
+from pipeline.eval.metrics import per_query_metrics, summary  # noqa: E402
+from pipeline.models import load_model  # noqa: E402
+from pipeline.retrieval import dense_run  # noqa: E402
+from pipeline.training.merge import merged_state  # noqa: E402
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
 CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 100, "recall_k": [10], "depth": 100}

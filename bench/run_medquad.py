@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.common import set_params  # noqa: E402
+from pipeline.params import set_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.common import set_params  # noqa: E402
+from pipeline.params import set_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def workdir(name: str, data: Path, rows: int | None, overrides: dict) -> Path:
 
 def train(work: Path, processes: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pipeline.train"]
+    cmd = [sys.executable, "-m", "pipeline.stages.train"]
     if processes > 1:
         cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     else:

@@ -8,9 +8,9 @@
 Needs the project's index (`dvc repro` first). For each corpus it prints:
 - build: encoding rate (passages/s) and the FAISS build time, the index's memory;
 - search in the process (Searcher, model loaded): p50 / p99 ms for single queries and for batches of 32;
-- search through the service (`python -m pipeline.serve` on loopback, a bounded load test: a fixed number of
+- search through the service (`python -m pipeline.serving.serve` on loopback, a bounded load test: a fixed number of
   requests from 1 and from 4 client threads, each waiting for its answer): p50 / p99 ms per request;
-- the command line, `python -m pipeline.search` including its model load, once per corpus (bundled only).
+- the command line, `python -m pipeline.serving.search` including its model load, once per corpus (bundled only).
 The large corpus is MedQuAD's answers (../shared/bench/medquad) cut into 64-word windows every 32 words and
 repeated until it holds N passages; `--encode` of them are encoded by the served model, and beyond that the
 vectors are those ones again with a little noise (renormalised): search time depends on the number of vectors,
@@ -37,10 +37,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pipeline.common import load_params, read_records, setup_logging  # noqa: E402
-from pipeline.index import build_index  # noqa: E402
+from pipeline.data.readers import read_records  # noqa: E402
+from pipeline.params import load_params, setup_logging  # noqa: E402
 from pipeline.retrieval import encode  # noqa: E402
-from pipeline.search import Searcher  # noqa: E402
+from pipeline.serving.index_files import build_index  # noqa: E402
+from pipeline.serving.search import Searcher  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "bench"
 OUT = ROOT / "bench" / "out" / "latency"
@@ -110,7 +111,7 @@ def load_test(url: str, queries: list[str], requests: int, clients: int, batch: 
 
 def through_service(index_dir: Path, queries: list[str], rounds: int, backend: str, onnx_dir: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--index", str(index_dir), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--index", str(index_dir), "--port", str(port),
                              "--backend", backend, "--onnx-dir", str(onnx_dir)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -196,7 +197,7 @@ def main() -> None:
     print(f"\nbundled knowledge base ({served}), backend {args.backend}")
     for backend in ("torch", "onnx", "onnx-int8"):
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "pipeline.search", queries[0], "-k", "3", "--index", str(served),
+        out = subprocess.run([sys.executable, "-m", "pipeline.serving.search", queries[0], "-k", "3", "--index", str(served),
                               "--backend", backend], cwd=ROOT, capture_output=True, text=True)
         print(f"  command line, {backend}, with model load: {time.perf_counter() - start:.2f} s (exit {out.returncode})")
     onnx_dir = served.parent / "onnx"

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.common import InputError  # noqa: E402
+from pipeline.eval.gate import held_out_blocks, verdict  # noqa: E402
 
 COLORS = {"base": "tab:gray", "finetuned": "tab:blue", "bm25": "tab:orange", "hybrid": "tab:green"}
 LABELS = {"base": "base model", "finetuned": "fine-tuned", "bm25": "BM25", "hybrid": "hybrid (BM25 + fine-tuned, RRF)"}
@@ -99,32 +99,6 @@ def _short(text: str | None, n: int = 160) -> str:
 
 def _rank(r) -> str:
     return "–" if pd.isna(r) else str(int(r))
-
-
-def verdict(t: dict) -> str:
-    """A paired comparison in words: better or worse when the 95% interval excludes zero."""
-    return "better" if t["ci_low"] > 0 else "worse" if t["ci_high"] < 0 else "no significant difference"
-
-
-def held_out_blocks(metrics: dict) -> dict[str, dict]:
-    """Every held-out set's metrics block by name: the main test set, then data.testsets."""
-    return {"test": metrics, **metrics.get("testsets", {})}
-
-
-def serving_decision(metrics: dict, guards: list[str], sizes: dict[str, int], metric: str) -> dict:
-    """Do no harm: the base model is served when the fine-tuned one is significantly worse on a guard set."""
-    blocks = held_out_blocks(metrics)
-    unknown = [g for g in guards if g not in blocks]
-    if unknown:
-        raise InputError(f"params.yaml: evaluate.guards names {unknown}, not a held-out set ({sorted(blocks)})")
-    worse = {g: blocks[g]["finetuned_vs_base"][metric] for g in guards if verdict(blocks[g]["finetuned_vs_base"][metric]) == "worse"}
-    decision = {"model": "base" if worse else "finetuned", "guards": list(guards),
-                "warnings": [f"guard set {g} has {sizes[g]} judged questions (fewer than 20): its interval is too wide "
-                             "to guard anything" for g in guards if sizes[g] < 20]}
-    if worse:
-        decision["reason"] = "; ".join(f"worse than the base model on {g}: {metric} {t['delta']:+.4f} "
-                                       f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]" for g, t in worse.items())
-    return decision
 
 
 def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dict, cfg: dict) -> list[str]:

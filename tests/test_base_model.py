@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.common import load_model, normalize
-from pipeline.split import leakage_guard
+from pipeline.data.readers import normalize
+from pipeline.data.split import leakage_guard
+from pipeline.models import load_model
 
 
 @pytest.fixture(scope="module")

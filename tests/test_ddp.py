@@ -19,7 +19,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.common import ROOT, load_params, set_params, write_beir
+from pipeline.data.readers import write_beir
+from pipeline.params import load_params, set_params
+from pipeline.paths import ROOT
 from tests.conftest import run
 
 # 8 topics of 4 rows, every text distinct: with batches of 4 each batch is one whole topic, none waits (no clash),
@@ -52,9 +54,9 @@ def project(folder: Path, tiny_model: str, batch_size: int) -> Path:
 
 
 def train(folder: Path, torchrun: bool, check: bool = True, script: str | None = None) -> subprocess.CompletedProcess:
-    """python -m pipeline.train in the folder: alone, or under torchrun on 2 processes (or `script` under torchrun),
+    """python -m pipeline.stages.train in the folder: alone, or under torchrun on 2 processes (or `script` under torchrun),
     each process's output in its own files under folder.parent / "logs"."""
-    module = [script] if script else ["-m", "pipeline.train"]
+    module = [script] if script else ["-m", "pipeline.stages.train"]
     torchrun = [*TORCHRUN, f"--log-dir={folder.parent / 'logs'}", "--redirects=3"] if torchrun else [sys.executable]
     return run([*torchrun, *module], folder, check=check)
 
@@ -121,7 +123,7 @@ def test_a_process_that_dies_mid_training_leaves_the_previous_model(tmp_path, ti
         (folder / out / "previous").write_text("the previous run's")
     script = folder / "dies.py"  # rank 1 is killed at its second step
     script.write_text(
-        "import os\nimport sentence_transformers\nfrom pipeline import train\nfrom pipeline.common import run_main\n"
+        "import os\nimport sentence_transformers\nfrom pipeline.stages import train\nfrom pipeline.params import run_main\n"
         "step = sentence_transformers.SentenceTransformerTrainer.training_step\n"
         "def dies(self, *args, **kwargs):\n"
         "    if os.environ['RANK'] == '1' and self.state.global_step == 1:\n        os._exit(9)\n"
@@ -138,7 +140,7 @@ def test_a_process_that_dies_mid_training_leaves_the_previous_model(tmp_path, ti
 def grouped_sampler(rows, batch_size, drop_last=True):
     from datasets import Dataset
 
-    from pipeline.sampler import GroupedNoDuplicatesBatchSampler
+    from pipeline.training.sampler import GroupedNoDuplicatesBatchSampler
 
     data = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive")})
     return GroupedNoDuplicatesBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=42,
@@ -188,11 +190,11 @@ def test_uneven_batches_give_every_process_the_same_steps(world):
 
 
 def test_several_gpus_relaunch_the_stage_under_torchrun(monkeypatch):
-    """`python -m pipeline.train` (dvc repro) on a machine with 4 GPUs: torchrun, one process per GPU, and its exit
+    """`python -m pipeline.stages.train` (dvc repro) on a machine with 4 GPUs: torchrun, one process per GPU, and its exit
     status is the stage's."""
     import torch
 
-    from pipeline import train
+    from pipeline.stages import train
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -202,13 +204,13 @@ def test_several_gpus_relaunch_the_stage_under_torchrun(monkeypatch):
         train.main()
     assert failed.value.code == 3
     assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-                      "-m", "pipeline.train"]]
+                      "-m", "pipeline.stages.train"]]
 
 
 def test_device_per_process_and_a_clear_cpu_fallback(monkeypatch, caplog):
     import torch
 
-    from pipeline.common import pick_device
+    from pipeline.models import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")

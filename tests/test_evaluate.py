@@ -9,7 +9,9 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.common import ROOT, InputError, load_params, set_params, write_beir
+from pipeline.data.readers import write_beir
+from pipeline.params import InputError, load_params, set_params
+from pipeline.paths import ROOT
 
 OUTPUTS = ["reports/metrics.json", "reports/per_query.csv", "reports/plots", "reports/report.md", "reports/serve.json"]
 
@@ -17,7 +19,7 @@ OUTPUTS = ["reports/metrics.json", "reports/per_query.csv", "reports/plots", "re
 @pytest.fixture
 def evaluate_project(tmp_path, monkeypatch, tiny_model):
     """A project folder as the evaluate stage sees it: prepared test/val sets, a model, the baselines' runs."""
-    from pipeline import baselines
+    from pipeline.stages import baselines
 
     params = set_params(load_params(path=ROOT / "params.yaml"), {
         "model.base": tiny_model, "evaluate.depth": 6, "encode.max_seq_length": 16,
@@ -51,7 +53,8 @@ def snapshot(root):
 def test_a_failure_leaves_every_previous_output(evaluate_project, monkeypatch):
     """metrics.json and per_query.csv used to be replaced before the plots and the report were made: a failure late
     in the stage left new metrics beside an old report. Now all four are renamed into place at the very end."""
-    from pipeline import evaluate, report
+    from pipeline import report
+    from pipeline.stages import evaluate
 
     root = evaluate_project
     (root / "reports/plots").mkdir(parents=True)
@@ -91,7 +94,7 @@ def comparison(delta, low, high):
 
 
 def test_a_significant_loss_on_a_guard_set_serves_the_base_model():
-    from pipeline.report import serving_decision
+    from pipeline.eval.gate import serving_decision
 
     metrics = {**comparison(0.1, 0.05, 0.15), "testsets": {"real": comparison(-0.09, -0.12, -0.06),
                                                             "other": comparison(-0.2, -0.3, -0.1)}}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.common import load_model
-from pipeline.index import build_index
+from pipeline.models import load_model
 from pipeline.retrieval import encode
+from pipeline.serving.index_files import build_index
 
 TEXTS = ["Parvovirus causes vomiting and bloody diarrhoea in puppies.", "Feline diabetes: thirst and weight loss.",
          "Heartworm is spread by mosquitoes.", "Kennel cough is a contagious respiratory infection."]

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate import paired_test
-from pipeline.retrieval import first_relevant_rank, per_query_metrics, rrf, summary
+from pipeline.eval.metrics import first_relevant_rank, per_query_metrics, summary
+from pipeline.eval.paired_test import paired_test
+from pipeline.retrieval import rrf
 
 CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 100, "recall_k": [1, 2, 3], "depth": 4}
 QRELS = {"q1": {"d1": 1, "d3": 1}, "q2": {"d4": 1}}
@@ -70,7 +71,7 @@ def test_paired_test_is_seeded_and_sensible():
 
 def test_per_query_reciprocal_rank_has_the_mrr_cutoff():
     """per_query.csv's rr@10 columns average to metrics.json's mrr@10: a first relevant passage at rank 15 counts 0."""
-    from pipeline.retrieval import reciprocal_rank_at_k
+    from pipeline.eval.metrics import reciprocal_rank_at_k
 
     docs = [f"d{i:02d}" for i in range(1, 21)]
     run = {q: {d: 1.0 - i / 100 for i, d in enumerate(docs)} for q in ("qa", "qb", "qc", "qd")}

@@ -7,9 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.common import InputError, markdown_sections, passage_text, write_beir
-from pipeline.passages import chunk_section, cut, sentence_pieces, token_windows
-from pipeline.retrieval import found_sections, no_match_samples, no_match_threshold, per_query_metrics, scored_set
+from pipeline.data.chunking import chunk_section, cut, sentence_pieces, token_windows
+from pipeline.data.kb import markdown_sections
+from pipeline.data.readers import passage_text, write_beir
+from pipeline.eval.heldout import found_sections, scored_set
+from pipeline.eval.metrics import per_query_metrics
+from pipeline.eval.no_match import no_match_samples, no_match_threshold
+from pipeline.params import InputError
 
 CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 10, "recall_k": [1, 5], "depth": 10}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.common import set_params
+from pipeline.params import set_params
 from tests.conftest import ROOT, run
 
 STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base", "export"]
@@ -140,13 +140,13 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_rerun(repo, tmp_path):
 
 
 def test_search_and_compare_on_the_built_index(repo):
-    out = run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3", "--json"], repo)
+    out = run(["python", "-m", "pipeline.serving.search", "What are the symptoms of parvovirus?", "-k", "3", "--json"], repo)
     result = json.loads(out.stdout)
     hits = result["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and isinstance(result["no_good_match"], bool)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert {"id", "section", "title", "text", "source"} <= set(hits[0])
-    base_hits = json.loads(run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3",
+    base_hits = json.loads(run(["python", "-m", "pipeline.serving.search", "What are the symptoms of parvovirus?", "-k", "3",
                                 "--json", "--model", "base"], repo).stdout)["hits"]
     assert [h["rank"] for h in base_hits] == [1, 2, 3]
     # each index says which model encoded it: the base model's is its own stage's output, not the fine-tuned one's
@@ -156,7 +156,7 @@ def test_search_and_compare_on_the_built_index(repo):
     assert info["index"]["model"]["sha256"] != info["index_base"]["model"]["sha256"]
     assert info["index"]["no_match_threshold"] == json.loads((repo / "reports/metrics.json").read_text())["no_match"]["threshold"]
     # the ONNX export encodes as PyTorch does: the same passages in the same order, the same scores on every set
-    onnx = json.loads(run(["python", "-m", "pipeline.search", "What are the symptoms of parvovirus?", "-k", "3",
+    onnx = json.loads(run(["python", "-m", "pipeline.serving.search", "What are the symptoms of parvovirus?", "-k", "3",
                            "--json", "--backend", "onnx"], repo).stdout)
     assert [h["id"] for h in onnx["hits"]] == [h["id"] for h in hits]
     assert [h["score"] for h in onnx["hits"]] == pytest.approx([h["score"] for h in hits], abs=1e-3)
@@ -164,7 +164,7 @@ def test_search_and_compare_on_the_built_index(repo):
     assert export["onnx"]["ndcg_change_vs_torch"] == {"test": 0.0, "pet_owners": 0.0}
     assert set(export["onnx_int8"]) >= {"test", "pet_owners", "passages_per_second", "speedup_vs_torch"}
     assert json.loads((repo / "models/onnx/export.json").read_text())["sha256"] == info["index"]["model"]["sha256"]
-    out = run(["python", "-m", "pipeline.compare", "my cat drinks a lot of water", "-k", "2"], repo)
+    out = run(["python", "-m", "pipeline.serving.compare", "my cat drinks a lot of water", "-k", "2"], repo)
     assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
 
 
@@ -175,7 +175,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(repo, tmp_path):
     (bad / "data/raw/faq.csv").write_text("question,answer,focus\nWhat is parvo?,A virus.,p\nWhat is FIV?,,f\n")
     shutil.copytree(repo / "data/raw/kb", bad / "data/raw/kb")
     shutil.copy(repo / "data/raw/glossary.csv", bad / "data/raw/glossary.csv")
-    out = run(["python", "-m", "pipeline.prepare"], bad, check=False)
+    out = run(["python", "-m", "pipeline.stages.prepare"], bad, check=False)
     assert out.returncode == 1
     assert "faq.csv:3: field 'answer' is empty" in out.stderr
     assert "Traceback" not in out.stderr
@@ -197,7 +197,7 @@ def test_a_guard_loss_makes_the_index_serve_the_base_model(repo, tmp_path):
     reason = "worse than the base model on pet_owners: ndcg@10 -0.0900 [-0.1200, -0.0600]"
     (copy / "reports/serve.json").write_text(json.dumps({"model": "base", "guards": ["pet_owners"], "warnings": [],
                                                          "reason": reason}))
-    out = run(["python", "-m", "pipeline.index"], copy)
+    out = run(["python", "-m", "pipeline.stages.index"], copy)
     assert "serving the base model, not the fine-tuned one: " + reason in out.stderr
     info = json.loads((copy / "models/index/info.json").read_text())
     base = yaml.safe_load((copy / "params.yaml").read_text())["model"]["base"]
@@ -225,7 +225,7 @@ def test_a_source_outside_data_raw_is_a_tracked_dependency(repo, tmp_path):
     outside.parent.mkdir()
     shutil.copy(copy / "data/raw/faq.csv", outside)
     set_repo_params(copy, {"data.faq": [str(outside)]})
-    refused = run(["python", "-m", "pipeline.prepare"], copy, check=False)
+    refused = run(["python", "-m", "pipeline.stages.prepare"], copy, check=False)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert f"params.yaml: data.faq {outside} is not a dependency of stage 'prepare' in dvc.yaml" in refused.stderr
     stages = yaml.safe_load((copy / "dvc.yaml").read_text())

@@ -8,10 +8,10 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.common import ROOT, InputError, normalize
-from pipeline.negatives import add_hard_negatives, bm25_candidates
-from pipeline.sources import expand_glossary, read_beir_pairs, read_faq, synthetic_pairs
-from pipeline.split import (
+from pipeline.data.negatives import add_hard_negatives, bm25_candidates
+from pipeline.data.readers import normalize
+from pipeline.data.sources import expand_glossary, read_beir_pairs, read_faq, synthetic_pairs
+from pipeline.data.split import (
     beir_from_pairs,
     cap_validation,
     connected_groups,
@@ -19,7 +19,9 @@ from pipeline.split import (
     held_out_groups,
     split_groups,
 )
-from pipeline.user_questions import user_messages
+from pipeline.data.user_questions import user_messages
+from pipeline.params import InputError
+from pipeline.paths import ROOT
 
 COLUMNS = {"question": "question", "answer": "answer", "group": "focus"}
 
@@ -82,7 +84,7 @@ def test_beir_from_pairs_merges_repeated_questions_and_caps_the_corpus():
 
 @pytest.mark.parametrize("miner", ["model", "bm25", "both"])
 def test_hard_negatives_never_come_from_the_positive_group(tiny_model, miner):
-    from pipeline.common import load_model
+    from pipeline.models import load_model
 
     rows = []
     for g in range(6):
@@ -107,7 +109,7 @@ def test_hard_negatives_never_come_from_the_positive_group(tiny_model, miner):
 
 def test_bm25_candidates_are_lexical_neighbours_outside_the_margin(tiny_model):
     """BM25 ranks the passage sharing the rare word first; the base-model margin then drops near-copies."""
-    from pipeline.common import load_model
+    from pipeline.models import load_model
     train = pd.DataFrame({
         "query": ["How is parvovirus spread?", "What is panleukopenia?", "Can horses get strangles?"],
         "positive": ["Parvovirus spreads through infected faeces.", "Panleukopenia is feline parvovirus disease.",
@@ -212,7 +214,7 @@ def test_random_negative_fill_stops_when_the_other_groups_run_out(tiny_model):
     loop forever drawing from a pool that had nothing left)."""
     import signal
 
-    from pipeline.common import load_model
+    from pipeline.models import load_model
 
     def hang(signum, frame):
         raise TimeoutError("add_hard_negatives did not terminate")
@@ -247,14 +249,10 @@ def test_bundled_data_trains_on_no_judged_passage_and_no_held_out_topic(tmp_path
 
     import yaml
 
-    from pipeline import prepare
-    from pipeline.common import (
-        beir_passage_texts,
-        load_params,
-        read_beir,
-        read_jsonl,
-        set_params,
-    )
+    from pipeline.data.readers import beir_passage_texts, read_beir
+    from pipeline.files import read_jsonl
+    from pipeline.params import load_params, set_params
+    from pipeline.stages import prepare
 
     shutil.copytree(ROOT / "data/raw", tmp_path / "data/raw")
     params = set_params(load_params(path=ROOT / "params.yaml"), {
@@ -293,8 +291,8 @@ def test_a_bad_named_test_set_fails_naming_file_line_and_field(tmp_path, monkeyp
 
     import yaml
 
-    from pipeline import prepare
-    from pipeline.common import load_params, set_params
+    from pipeline.params import load_params, set_params
+    from pipeline.stages import prepare
 
     shutil.copytree(ROOT / "data/raw", tmp_path / "data/raw")
     bad = tmp_path / "data/raw/testsets/pet_owners_copy"

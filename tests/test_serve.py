@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.common import InputError
+from pipeline.params import InputError
 from tests.conftest import run
 
 TOPICS = ["parvovirus in puppies", "kennel cough in dogs", "feline kidney disease", "heartworm and mosquitoes",
@@ -25,7 +25,7 @@ TOPICS = ["parvovirus in puppies", "kennel cough in dogs", "feline kidney diseas
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model) -> Path:
-    """A project folder holding its base model and a built index (`python -m pipeline.index base`)."""
+    """A project folder holding its base model and a built index (`python -m pipeline.stages.index base`)."""
     root = tmp_path_factory.mktemp("served") / "project"
     shutil.copytree(tiny_model, root / "models/base")
     passages = [{"id": f"kb/{i}#{j}", "section": f"kb/{i}#{j}", "title": topic.title(), "heading": f"Part {j}",
@@ -37,12 +37,12 @@ def project(tmp_path_factory, tiny_model) -> Path:
     params["model"]["base"] = "models/base"
     params["encode"].update(max_seq_length=32, precision="fp32")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    run([sys.executable, "-m", "pipeline.index", "base"], root)
+    run([sys.executable, "-m", "pipeline.stages.index", "base"], root)
     return root
 
 
 def test_searcher_works_from_any_folder_and_after_the_project_moves(project, tmp_path, monkeypatch):
-    from pipeline.search import Searcher
+    from pipeline.serving.search import Searcher
 
     moved = tmp_path / "elsewhere" / "project"
     shutil.copytree(project, moved)  # the model is found relative to the index, not to the current folder
@@ -60,7 +60,7 @@ def test_searcher_works_from_any_folder_and_after_the_project_moves(project, tmp
 
 
 def test_an_index_from_another_model_is_refused(project, tmp_path):
-    from pipeline.search import Searcher
+    from pipeline.serving.search import Searcher
 
     copy = tmp_path / "project"
     shutil.copytree(project, copy)
@@ -71,7 +71,7 @@ def test_an_index_from_another_model_is_refused(project, tmp_path):
 
 
 def test_no_good_match_follows_the_threshold_in_info_json(project, tmp_path):
-    from pipeline.search import Searcher
+    from pipeline.serving.search import Searcher
 
     copy = tmp_path / "project"
     shutil.copytree(project, copy)
@@ -101,7 +101,7 @@ def request(url: str, body: bytes | None = None) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def service(project):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "--index", str(project / "models/index_base"),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--index", str(project / "models/index_base"),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -152,11 +152,11 @@ def test_service_rejects_bad_input_and_keeps_serving(service, path, body, status
 ])
 def test_cli_bad_input_exits_1_with_a_message(project, tmp_path, args, message):
     args = [a.format(index=project / "models/index_base", missing=tmp_path / "nothing") for a in args]
-    out = run([sys.executable, "-m", "pipeline.search", *args], tmp_path, check=False)
+    out = run([sys.executable, "-m", "pipeline.serving.search", *args], tmp_path, check=False)
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_service_refuses_to_start_without_an_index(tmp_path):
-    out = run([sys.executable, "-m", "pipeline.serve", "--index", str(tmp_path / "none"), "--port", str(free_port())],
+    out = run([sys.executable, "-m", "pipeline.serving.serve", "--index", str(tmp_path / "none"), "--port", str(free_port())],
               tmp_path, check=False)
     assert out.returncode == 1 and "no index here" in out.stderr

@@ -8,14 +8,11 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.common import (
-    InputError,
-    atomic_dir,
-    read_beir,
-    read_kb,
-    read_records,
-    resolve_model,
-)
+from pipeline.data.kb import read_kb
+from pipeline.data.readers import read_beir, read_records
+from pipeline.files import atomic_dir
+from pipeline.models import resolve_model
+from pipeline.params import InputError
 
 FIELDS = {"query": "question", "positive": "answer"}
 

@@ -10,16 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.common import (
-    ROOT,
-    InputError,
-    load_model,
-    load_params,
-    read_beir,
-    set_params,
-    write_beir,
-)
-from pipeline.train import build_loss
+from pipeline.data.readers import read_beir, write_beir
+from pipeline.models import load_model
+from pipeline.params import InputError, load_params, set_params
+from pipeline.paths import ROOT
+from pipeline.training.losses import build_loss
 
 ROWS = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(4)]
 CFG = {"mini_batch_size": 2, "matryoshka_dims": None, "scale": 20.0, "directions": ["query_to_doc"],
@@ -83,7 +78,7 @@ def test_pairs_without_negatives_and_bad_names(model):
 def grouped_batches(rows, groups, batch_size, epoch=0, drop_last=False):
     from datasets import Dataset
 
-    from pipeline.sampler import GroupedNoDuplicatesBatchSampler
+    from pipeline.training.sampler import GroupedNoDuplicatesBatchSampler
 
     data = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive")})
     sampler = GroupedNoDuplicatesBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=7, groups=groups)
@@ -121,7 +116,7 @@ def test_grouped_batches_never_repeat_a_text_or_a_normalised_question():
 
 
 def test_precision_setting():
-    from pipeline.common import pick_precision
+    from pipeline.models import pick_precision
 
     assert pick_precision("fp32", "train.precision") == "fp32" and pick_precision("bf16", "index.precision") == "bf16"
     assert pick_precision("auto", "train.precision") in ("fp32", "bf16")
@@ -133,7 +128,7 @@ def test_dropout_param_reaches_every_layer(tiny_model):
     """train.dropout 0 makes a training-mode forward pass deterministic; null keeps the model's own; bad values fail."""
     import torch
 
-    from pipeline.train import set_dropout
+    from pipeline.training.args import set_dropout
 
     def two_passes(model):
         model.train()
@@ -219,7 +214,7 @@ HISTORY = [evaluation(0, 0.9, 0.8), {"loss": 2.0, "step": 1}, evaluation(2, 0.5,
 
 
 def test_kept_evaluation_is_the_kept_checkpoints_never_step_0():
-    from pipeline.train import kept_evaluation
+    from pipeline.training.validation import kept_evaluation
 
     assert kept_evaluation(HISTORY, 4) == evaluation(4, 0.6, 0.55)
     assert kept_evaluation(HISTORY, 6) == evaluation(6, 0.58, 0.6)
@@ -244,7 +239,7 @@ def test_train_summary_reports_the_kept_checkpoint_and_the_merge_weight(train_pr
     checkpoint merged with the base model at the weight that validated best."""
     import sentence_transformers
 
-    from pipeline import train
+    from pipeline.stages import train
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
     train.main()
@@ -267,7 +262,7 @@ def test_train_summary_reports_the_kept_checkpoint_and_the_merge_weight(train_pr
 def test_merge_interpolates_every_weight_between_base_and_fine_tuned():
     import torch
 
-    from pipeline.train import merged_state
+    from pipeline.training.merge import merged_state
 
     base = {"w": torch.zeros(3), "b": torch.ones(2), "position_ids": torch.arange(3)}
     tuned = {"w": torch.full((3,), 2.0), "b": torch.full((2,), 3.0), "position_ids": torch.arange(3)}
@@ -284,7 +279,7 @@ def test_auto_precision_needs_native_bf16_on_the_gpu(monkeypatch, capability, ex
     True by default): slower than fp32, so `auto` must not pick it."""
     import torch
 
-    from pipeline.common import pick_precision
+    from pipeline.models import pick_precision
 
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -307,7 +302,7 @@ def test_failed_training_leaves_the_previous_logs_and_model(train_project, monke
     beside new, partial logs. Now both are written aside and moved into place together at the end."""
     import sentence_transformers
 
-    from pipeline import train
+    from pipeline.stages import train
 
     live, model = train_project / "reports/train", train_project / "models/finetuned"
     (live / "plots/metrics").mkdir(parents=True)
@@ -340,7 +335,7 @@ def test_eval_steps_count_the_grouped_batches(train_project, monkeypatch):
     already in the batch waits, so 8 rows sharing one passage are 8 batches of 1, not 2 batches of 4."""
     import sentence_transformers
 
-    from pipeline import train
+    from pipeline.stages import train
 
     params = yaml.safe_load((train_project / "params.yaml").read_text())
     params["train"].update(max_steps=-1, epochs=1, evaluations=2)
@@ -366,7 +361,7 @@ def test_the_merge_weight_is_the_one_whose_smaller_gain_is_largest():
     """Shaped like MedQuAD's full run (bench/README.md): the FAQ-style split gains most at 0.7, the users' questions
     at 0.5. A plain mean of the two chose 0.7, which lost on real users' questions; the shares of each set's best
     gain choose 0.5, which gained on both."""
-    from pipeline.train import choose_merge
+    from pipeline.training.merge import choose_merge
 
     before = {"eval_val_cosine_ndcg@10": 0.8004, "eval_val_users_cosine_ndcg@10": 0.9265}
     scores = {0.5: (0.9495, 0.9398), 0.7: (0.9575, 0.9364), 1.0: (0.9560, 0.9290)}

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from pipeline.common import normalize
+from pipeline.data.readers import normalize
 
 QUESTION_WORDS = re.compile(r"^(what|how|can|is|are|do|does|which|who|when|where|why)\b( (is|are|do|does|can|the|a|an))*\s+",
                             re.I)

@@ -15,7 +15,7 @@ Writes  models/onnx/         model.onnx (fp32), model_int8.onnx, tokenizer.json,
         reports/export.json  per backend (torch, onnx, onnx_int8): mrr@10 and ndcg@10 per held-out set,
                              passages/s encoding the same texts, and the change against torch
 
-    python -m pipeline.export
+    python -m pipeline.stages.export
 """
 
 from __future__ import annotations
@@ -29,30 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common import (
-    atomic_dir,
-    atomic_file,
-    load_model,
-    load_params,
-    local_model_path,
-    model_fingerprint,
-    pick_precision,
-    read_jsonl,
-    require_tracked,
-    resolve_model,
-    run_main,
-    write_json,
-)
-from pipeline.onnx_encoder import INPUTS, OnnxEncoder
-from pipeline.retrieval import encode, found_sections, held_out_sets, per_query_metrics, scored_set, summary, top_k
+from pipeline.eval.heldout import found_sections, held_out_sets, scored_set
+from pipeline.eval.metrics import per_query_metrics, summary
+from pipeline.files import atomic_dir, atomic_file, read_jsonl, write_json
+from pipeline.models import load_model, local_model_path, model_fingerprint, pick_precision, resolve_model
+from pipeline.params import load_params, require_tracked, run_main
+from pipeline.paths import EXPORT_REPORT, FINETUNED, ONNX_DIR, PASSAGES, PREPARED, SERVE
+from pipeline.retrieval import encode, top_k
+from pipeline.serving.onnx_encoder import INPUTS, OnnxEncoder
 
 log = logging.getLogger("pipeline.export")
-MODEL_DIR = Path("models/finetuned")
-SERVE = Path("reports/serve.json")
-PASSAGES = Path("data/passages.jsonl")
-PREPARED = Path("data/prepared")
-OUT_DIR = Path("models/onnx")
-REPORT = Path("reports/export.json")
 
 
 class PooledEmbedding(torch.nn.Module):
@@ -83,7 +69,7 @@ def main() -> None:
     base = load_params("model")["base"]
     require_tracked("export", {"model.base": local_model_path(base)})
     served = json.loads(SERVE.read_text(encoding="utf-8"))
-    model_ref = str(MODEL_DIR) if served["model"] == "finetuned" else base
+    model_ref = str(FINETUNED) if served["model"] == "finetuned" else base
     max_len, batch_size = int(enc["max_seq_length"]), int(enc["batch_size"])
     precision = pick_precision(enc["precision"], "encode.precision")
     model = load_model(model_ref, max_seq_length=max_len, device="cpu")
@@ -91,7 +77,7 @@ def main() -> None:
            "depth": int(ev["depth"])}
     passages = read_jsonl(PASSAGES)
 
-    with atomic_dir(OUT_DIR) as out:
+    with atomic_dir(ONNX_DIR) as out:
         export_onnx(model, out)
         shutil.copy(Path(resolve_model(model_ref)) / "tokenizer.json", out / "tokenizer.json")
         write_json(out / "export.json", {"model": model_ref, "sha256": model_fingerprint(resolve_model(model_ref)),
@@ -121,7 +107,7 @@ def main() -> None:
             report[backend]["ndcg_change_vs_torch"] = {
                 name: round(report[backend][name][f"ndcg@{cfg['ndcg_k']}"] - report["torch"][name][f"ndcg@{cfg['ndcg_k']}"], 4)
                 for name in held_out_sets(PREPARED)}
-        with atomic_file(REPORT) as tmp:
+        with atomic_file(EXPORT_REPORT) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for backend, block in report.items():
         log.info("%-9s %6.1f passages/s  %s", backend, block["passages_per_second"],

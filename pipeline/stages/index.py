@@ -16,8 +16,8 @@ Writes  models/index/        (finetuned) or models/index_base/ (base):
                              the encoding settings, which model was served and why, the no-match threshold, and
                              for an approximate index its recall@10 against exact search
 
-    python -m pipeline.index            # the served model (the fine-tuned one, unless evaluate said otherwise)
-    python -m pipeline.index base       # the base model
+    python -m pipeline.stages.index            # the served model (the fine-tuned one, unless evaluate said otherwise)
+    python -m pipeline.stages.index base       # the base model
 """
 
 from __future__ import annotations
@@ -25,67 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
-from pathlib import Path
 
 import faiss
-import numpy as np
 
-from pipeline.common import (
-    atomic_dir,
-    load_model,
-    load_params,
-    local_model_path,
-    model_fingerprint,
-    passage_text,
-    pick_precision,
-    read_jsonl,
-    repo_path,
-    require_tracked,
-    resolve_model,
-    run_main,
-    write_json,
-)
+from pipeline.data.readers import passage_text
+from pipeline.files import atomic_dir, read_jsonl, write_json
+from pipeline.models import load_model, local_model_path, pick_precision
+from pipeline.params import load_params, require_tracked, run_main
+from pipeline.paths import FINETUNED, INDEX_DIRS, PASSAGES, SERVE
 from pipeline.retrieval import bm25_index, encode
+from pipeline.serving.index_files import build_index, model_identity
 
 log = logging.getLogger("pipeline.index")
-MODEL_DIR = Path("models/finetuned")
-SERVE = Path("reports/serve.json")
-PASSAGES = Path("data/passages.jsonl")
-INDEX_DIRS = {"finetuned": Path("models/index"), "base": Path("models/index_base")}
-
-
-def build_index(vectors: np.ndarray, cfg: dict) -> tuple[faiss.Index, dict]:
-    """Exact search (a flat index) up to index.approximate_above passages. Above it an inverted-file index (IVF:
-    k-means cells, `nprobe` of them searched per query; a million build in under a minute on 2 CPU cores, where a
-    graph such as HNSW takes far longer): at 100,000 passages a query takes 3.6 ms against 20.7 ms exact, at recall@10
-    0.994 (bench/README.md). Its recall@10 against exact search is measured on a sample of the passages as queries,
-    each one's own vector left out of both lists, and recorded."""
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    if len(vectors) <= int(cfg["approximate_above"]):
-        return exact, {"kind": "exact"}
-    nlist = int(cfg["ivf_nlist"] or 4 * np.sqrt(len(vectors)))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    index.train(vectors[rng.choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)])
-    index.add(vectors)
-    index.nprobe = int(cfg["nprobe"])
-    sample = rng.choice(len(vectors), size=min(1000, len(vectors)), replace=False)
-    _, want = exact.search(vectors[sample], 11)
-    _, got = index.search(vectors[sample], 11)
-    recall = np.mean([len((set(w) - {q}) & (set(g) - {q})) / len(set(w) - {q}) for q, w, g in zip(sample, want, got)])
-    log.info("IVF index (%d cells, nprobe %d): recall@10 %.4f against exact search", nlist, index.nprobe, recall)
-    return index, {"kind": "ivf", "nlist": nlist, "nprobe": index.nprobe, "recall@10_vs_exact": round(float(recall), 4)}
-
-
-def model_identity(model_ref: str, target: Path) -> dict:
-    """How the index names its model: the name as configured, its folder relative to the index's final place
-    (found from anywhere the project folder is), and the sha256 that the searcher checks."""
-    path = Path(resolve_model(model_ref)).resolve()
-    relative = os.path.relpath(path, repo_path(target).resolve()) if repo_path(model_ref).exists() else None
-    return {"name": model_ref, "path": relative, "sha256": model_fingerprint(path)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         served = json.loads(SERVE.read_text(encoding="utf-8"))
         if served["model"] == "base":
             log.warning("serving the base model, not the fine-tuned one: %s", served["reason"])
-    model_ref = str(MODEL_DIR) if served["model"] == "finetuned" else base
+    model_ref = str(FINETUNED) if served["model"] == "finetuned" else base
     precision = pick_precision(enc["precision"], "encode.precision")
     passages = read_jsonl(PASSAGES)
     texts = [passage_text(p["title"], p["heading"], p["text"]) for p in passages]

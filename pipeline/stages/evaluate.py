@@ -22,91 +22,43 @@ Writes  reports/metrics.json     the main test set (the FAQ split or data.testse
         reports/serve.json       which model the index serves: the base model when the fine-tuned one is
                                  significantly worse on a guard set (evaluate.guards), and why; its no-match threshold
 
-    python -m pipeline.evaluate
+    python -m pipeline.stages.evaluate
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from pipeline import report
-from pipeline.common import (
-    atomic_dir,
-    atomic_file,
-    load_model,
-    load_params,
-    pick_precision,
-    read_jsonl,
-    read_topics,
-    run_main,
-    write_json,
+from pipeline.data.readers import read_topics
+from pipeline.eval.gate import serving_decision
+from pipeline.eval.heldout import found_sections, held_out_sets, scored_set
+from pipeline.eval.metrics import first_relevant_rank, pair_scores, per_query_metrics, reciprocal_rank_at_k, summary
+from pipeline.eval.no_match import calibrate_no_match
+from pipeline.eval.paired_test import paired_test
+from pipeline.files import atomic_dir, atomic_file, read_jsonl, write_json
+from pipeline.models import load_model, pick_precision
+from pipeline.params import load_params, run_main
+from pipeline.paths import (
+    BASELINES,
+    DATA_STATS,
+    FINETUNED,
+    METRICS,
+    PASSAGES,
+    PER_QUERY,
+    PLOTS,
+    PREPARED,
+    REPORT,
+    SERVE,
+    TRAIN_LOGS,
 )
-from pipeline.retrieval import (
-    dense_run,
-    first_relevant_rank,
-    flag_quality,
-    found_sections,
-    held_out_sets,
-    load_run,
-    no_match_samples,
-    no_match_threshold,
-    pair_scores,
-    per_query_metrics,
-    ranked,
-    reciprocal_rank_at_k,
-    rrf,
-    scored_set,
-    summary,
-)
+from pipeline.retrieval import dense_run, load_run, ranked, rrf
 
 log = logging.getLogger("pipeline.evaluate")
-PREPARED = Path("data/prepared")
-MODEL_DIR = Path("models/finetuned")
-BASELINES = Path("reports/baselines")
-TRAIN_LOGS = Path("reports/train")
-METRICS = Path("reports/metrics.json")
-PER_QUERY = Path("reports/per_query.csv")
-PLOTS = Path("reports/plots")
-REPORT = Path("reports/report.md")
-SERVE = Path("reports/serve.json")
-STATS = Path("reports/data_stats.json")
-PASSAGES = Path("data/passages.jsonl")
 SYSTEMS = ["base", "finetuned", "bm25", "hybrid"]
-
-
-def paired_test(a: pd.Series, b: pd.Series, samples: int, seed: int, topics: pd.Series | None = None) -> dict[str, float]:
-    """Mean of a - b over the same queries, its 95% paired-bootstrap interval and a two-sided randomisation p-value.
-
-    With `topics` (query id -> topic) the unit resampled is a topic, not a question: questions about one topic are
-    not independent, and counting them as such would make the interval too narrow (a cluster bootstrap).
-    """
-    diff = (a - b).to_numpy(dtype=float)
-    if np.allclose(diff, 0):
-        return {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
-    if topics is None:
-        units = pd.Series(np.arange(len(a)), index=a.index)
-    else:
-        units = topics.reindex(a.index).fillna(pd.Series(a.index, index=a.index))
-    frame = pd.DataFrame({"a": a.to_numpy(float), "b": b.to_numpy(float), "unit": units.to_numpy()})
-    per_unit = frame.groupby("unit").agg(a=("a", "sum"), b=("b", "sum"), n=("a", "size"))
-    sums, counts = (per_unit["a"] - per_unit["b"]).to_numpy(), per_unit["n"].to_numpy(float)
-    boot = scipy_stats.bootstrap((sums, counts), lambda s, n, axis: s.sum(axis=axis) / n.sum(axis=axis), paired=True,
-                                 vectorized=True, n_resamples=samples, confidence_level=0.95, method="percentile",
-                                 rng=np.random.default_rng(seed))
-    # paired randomisation test: under H0 the two systems' scores are exchangeable within each unit (sign flips of
-    # a unit's summed difference; with a fixed number of questions its mean is the statistic)
-    perm = scipy_stats.permutation_test((per_unit["a"].to_numpy(), per_unit["b"].to_numpy()),
-                                        lambda x, y, axis: np.mean(x - y, axis=axis),
-                                        permutation_type="samples", n_resamples=samples, alternative="two-sided",
-                                        vectorized=True, rng=np.random.default_rng(seed))
-    return {"delta": round(float(diff.mean()), 4) + 0.0, "ci_low": round(float(boot.confidence_interval.low), 4),
-            "ci_high": round(float(boot.confidence_interval.high), 4), "p_value": round(float(perm.pvalue), 4)}
 
 
 def main() -> None:
@@ -114,7 +66,7 @@ def main() -> None:
     depth, seed, samples, mrr_k = int(cfg["depth"]), int(cfg["seed"]), int(cfg["bootstrap_samples"]), int(cfg["mrr_k"])
     batch_size, precision = int(enc["batch_size"]), pick_precision(enc["precision"], "encode.precision")
     headline = [f"mrr@{mrr_k}", f"ndcg@{cfg['ndcg_k']}"]
-    model = load_model(str(MODEL_DIR), max_seq_length=int(enc["max_seq_length"]))
+    model = load_model(str(FINETUNED), max_seq_length=int(enc["max_seq_length"]))
     served = read_jsonl(PASSAGES)
 
     # 1. Every held-out set (the main test set, then data.testsets): fine-tuned run, the baselines' runs, the hybrid;
@@ -165,31 +117,18 @@ def main() -> None:
         for m in headline}
 
     # 3. Do no harm: which model the index serves (the base model when the fine-tuned one loses on a guard set)
-    serve = report.serving_decision(metrics, list(cfg["guards"] or []), sizes, headline[1])
+    serve = serving_decision(metrics, list(cfg["guards"] or []), sizes, headline[1])
     for warning in serve["warnings"]:
         log.warning("%s", warning)
     if serve["model"] == "base":
         log.warning("the index will serve the base model: %s", serve["reason"])
 
-    # 4. "No good match": the served model's top score below a threshold, set on the users' validation questions and
-    # reported on the users' test sets (data.testsets; the main test set when there are none). Users' questions
-    # score lower than FAQ-style ones (0.62 against 0.77 median top cosine on the bundled data): a threshold set on
-    # both would flag half of the users' answerable questions.
-    def samples_of(names):
-        pairs = [no_match_samples(raw[n][0][serve["model"]], raw[n][1], raw[n][2]) for n in names]
-        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-
+    # 4. "No good match": the served model's top score below a threshold set on the users' validation questions,
+    # reported on the users' test sets (data.testsets; the main test set when there are none)
     users_sets = [n for n in sizes if n != "test"] or ["test"]
-    threshold = no_match_threshold(*samples_of(["val_users"]), float(cfg["no_match_precision"]))
-    quality = {"val": flag_quality(*samples_of(["val_users"]), threshold),
-               "test": flag_quality(*samples_of(users_sets), threshold)}
-    metrics["no_match"] = {"threshold": round(threshold, 4),
-                           **{f"{split}_{k}": v for split, q in quality.items() for k, v in q.items()}}
-    serve["no_match"] = {"threshold": round(threshold, 4), "precision": quality["val"]["precision"],
-                         "recall": quality["val"]["recall"], "test_precision": quality["test"]["precision"]}
-    log.info("no good match below %.4f: precision %.3f recall %.3f on validation, %.3f / %.3f on test", threshold,
-             quality["val"]["precision"], quality["val"]["recall"], quality["test"]["precision"],
-             quality["test"]["recall"])
+    metrics["no_match"], serve["no_match"] = calibrate_no_match(
+        {n: (runs[serve["model"]], qrels, section_of) for n, (runs, qrels, section_of) in raw.items()},
+        users_sets, float(cfg["no_match_precision"]))
 
     # 5. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
     per_query = pd.concat(tables, ignore_index=True)
@@ -198,7 +137,7 @@ def main() -> None:
     for s in SYSTEMS:
         curves[s] = [round(float(scores["test"][s][f"recall@{k}"].mean()), 4) for k in curves["k"]]
     best_first = {s: {q: (ranked(run.get(q, {})) or [None])[0] for q in main["qrels"]} for s, run in main["runs"].items()}
-    stats = json.loads(STATS.read_text(encoding="utf-8"))
+    stats = json.loads(DATA_STATS.read_text(encoding="utf-8"))
     with atomic_dir(PLOTS) as plots, atomic_file(PER_QUERY) as per_query_tmp, atomic_file(REPORT) as report_tmp, \
             atomic_file(METRICS) as metrics_tmp, atomic_file(SERVE) as serve_tmp:
         curves.to_csv(plots / "recall_at_k.csv", index=False)

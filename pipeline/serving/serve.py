@@ -1,6 +1,6 @@
 """A search service over an index: the model loads once, each request only encodes the query and searches.
 
-    python -m pipeline.serve [--index models/index] [--host 127.0.0.1] [--port 8000] [--backend onnx]
+    python -m pipeline.serving.serve [--index models/index] [--host 127.0.0.1] [--port 8000] [--backend onnx]
 
     GET  /health                                  {"status": "ok", "passages", "model", "served", ...}
     GET  /search?q=my+cat+is+drinking+a+lot&k=5&mode=dense
@@ -19,8 +19,8 @@ import logging
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from pipeline.common import InputError, run_main
-from pipeline.search import BACKENDS, MODES, Searcher, default_index
+from pipeline.params import InputError, run_main
+from pipeline.serving.search import BACKENDS, MODES, Searcher, default_index
 
 log = logging.getLogger("pipeline.serve")
 

@@ -10,10 +10,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.common import (
-    beir_passage_texts,
-    normalize,
-)
+from pipeline.data.readers import beir_passage_texts, normalize
 
 log = logging.getLogger("pipeline.prepare")
 

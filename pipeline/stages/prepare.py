@@ -6,7 +6,7 @@ Writes  data/prepared/train.jsonl        anchor, positive, negative_1..N, group 
                                          split component, for train.group_batches)
         data/prepared/val/               BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv): FAQ-style validation
         data/prepared/val_users/         validation questions as users write them: data.val_questions, or messages
-                                         made from the validation pairs (pipeline/user_questions.py)
+                                         made from the validation pairs (pipeline/data/user_questions.py)
         data/prepared/test/              BEIR folder: the held-out FAQ split (or a copy of data.testset)
         data/prepared/testsets/<name>/   each named test set of data.testsets, validated
         reports/data_stats.json          rows read, dropped and why, pairs per split, negatives found / missing
@@ -15,7 +15,7 @@ Every passage judged relevant in a test set or in data.val_questions is held out
 group (and the glossary rows sharing its group value) goes to the test or validation split, and the knowledge-base
 document that holds it is not trained on.
 
-    python -m pipeline.prepare
+    python -m pipeline.stages.prepare
 """
 
 from __future__ import annotations
@@ -23,34 +23,14 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from pathlib import Path
 
 import pandas as pd
 
-from pipeline.common import (
-    InputError,
-    atomic_dir,
-    load_model,
-    load_params,
-    local_model_path,
-    normalize,
-    read_beir,
-    read_kb,
-    repo_path,
-    require_tracked,
-    run_main,
-    write_beir,
-    write_json,
-)
-from pipeline.negatives import add_hard_negatives
-from pipeline.sources import (
-    expand_glossary,
-    kb_heading_pairs,
-    read_beir_pairs,
-    read_faq,
-    synthetic_pairs,
-)
-from pipeline.split import (
+from pipeline.data.kb import read_kb
+from pipeline.data.negatives import add_hard_negatives
+from pipeline.data.readers import read_beir, write_beir
+from pipeline.data.sources import expand_glossary, kb_training_pairs, read_beir_pairs, read_faq
+from pipeline.data.split import (
     beir_from_pairs,
     cap_validation,
     connected_groups,
@@ -60,11 +40,13 @@ from pipeline.split import (
     leakage_guard,
     split_groups,
 )
-from pipeline.user_questions import rewrite_anchors, user_style_validation
+from pipeline.data.user_questions import rewrite_anchors, user_style_validation
+from pipeline.files import atomic_dir, write_json
+from pipeline.models import load_model, local_model_path
+from pipeline.params import InputError, load_params, repo_path, require_tracked, run_main
+from pipeline.paths import DATA_STATS, PREPARED
 
 log = logging.getLogger("pipeline.prepare")
-OUT_DIR = Path("data/prepared")
-STATS = Path("reports/data_stats.json")
 RESERVED = ("test", "val", "val_users")  # names of the prepared sets, not free for data.testsets
 KB_KINDS = ("kb", "synthetic")  # pairs made from data.kb sections: training only, never test or validation passages
 
@@ -123,19 +105,8 @@ def main() -> None:
         if external_test and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve()):
             raise InputError(f"params.yaml: data.kb ({data['kb']}) is inside data.testset: training on its passages "
                              "would leak the test corpus; set prepare.kb_pairs false and synthetic_queries.model null")
-        passages = read_kb(data["kb"])
-        kb = kb_heading_pairs(passages) if cfg.get("kb_pairs") else pd.DataFrame()
-        if synthetic_model:
-            kb = pd.concat([kb, synthetic_pairs(passages, cfg["synthetic_queries"], seed)], ignore_index=True)
-        stats["rows_read"]["kb_sections"] = len(passages)
-        if not kb.empty:  # a document holding a judged passage is held out whole
-            held_docs = set(kb.loc[kb["positive"].map(normalize).isin(judged["test"] | judged["val"]), "group"])
-            kb = kb[~kb["group"].isin(held_docs)]
-            stats["held_out"]["kb_documents"] = len(held_docs)
-        stats["rows_read"]["kb_training_pairs"] = len(kb)
+        kb = kb_training_pairs(read_kb(data["kb"]), cfg, judged, int(pairs["group_id"].max()), seed, stats)
         if not kb.empty:
-            kb = kb.assign(q_norm=kb["query"].map(normalize), p_norm=kb["positive"].map(normalize), split="train")
-            kb["group_id"] = pairs["group_id"].max() + 1 + pd.factorize(kb["group"])[0]
             pairs = pd.concat([pairs, kb], ignore_index=True)
     train = pairs[pairs["split"] == "train"].reset_index(drop=True)
     val = pairs[pairs["split"] == "val"]
@@ -188,7 +159,7 @@ def main() -> None:
                       "val_users_queries": len(users[1]), "val_users_source": val_questions or "generated",
                       "test_queries": len(test_queries), "test_corpus": len(test_corpus)}
     stats["groups"] = {s: int(pairs.loc[pairs["split"] == s, "group_id"].nunique()) for s in ("train", "val", "test")}
-    with atomic_dir(OUT_DIR) as tmp:
+    with atomic_dir(PREPARED) as tmp:
         tuples.to_json(tmp / "train.jsonl", orient="records", lines=True, force_ascii=False)
         write_beir(tmp / "val", val_corpus, val_queries, val_qrels)
         write_beir(tmp / "val_users", *users)
@@ -199,9 +170,9 @@ def main() -> None:
             for file in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
                 shutil.copy(repo_path(folder) / file, tmp / "testsets" / name / file)
             stats["pairs"][f"testset_{name}_queries"] = len(held_sets[folder][1])
-    write_json(STATS, stats)
+    write_json(DATA_STATS, stats)
     log.info("wrote %s (train %d tuples, val %d queries, test %d queries, %d named test sets) and %s",
-             OUT_DIR, len(tuples), len(val_queries), len(test_queries), len(testsets), STATS)
+             PREPARED, len(tuples), len(val_queries), len(test_queries), len(testsets), DATA_STATS)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Encode with an ONNX export of the served model (pipeline/export.py): ONNX Runtime and the model's own tokenizer,
+"""Encode with an ONNX export of the served model (pipeline/stages/export.py): ONNX Runtime and the model's own tokenizer,
 no PyTorch. The graph already ends in the model's pooling and unit-length normalisation, so this is the whole
 encoder; loading it takes a fraction of a second where importing PyTorch and sentence-transformers takes seconds.
 """

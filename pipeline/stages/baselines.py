@@ -5,36 +5,28 @@ training recipe never re-scores the base model or BM25 (DVC skips this stage).
 
 Reads   params: model.base, evaluate.depth, encode.*
         files:  data/prepared/{test,testsets/*,val,val_users}/, data/passages.jsonl (a set judging the served
-                sections is scored on the served passages, as the index serves them: pipeline/retrieval.scored_set)
+                sections is scored on the served passages, as the index serves them: pipeline/eval/heldout.scored_set)
 Writes  reports/baselines/   runs (top-`depth` passages per query) of the base model and BM25 on every held-out
                              set (<set>_base.json, <set>_bm25.json), of the base model on both validation sets,
                              and the base model's (query, positive) / (query, hardest negative) cosine scores on
                              the main test set
 
-    python -m pipeline.baselines
+    python -m pipeline.stages.baselines
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from pipeline.common import (
-    atomic_dir,
-    load_model,
-    load_params,
-    local_model_path,
-    pick_precision,
-    read_jsonl,
-    require_tracked,
-    run_main,
-)
-from pipeline.retrieval import bm25_run, dense_run, held_out_sets, pair_scores, save_run, scored_set
+from pipeline.eval.heldout import held_out_sets, scored_set
+from pipeline.eval.metrics import pair_scores
+from pipeline.files import atomic_dir, read_jsonl
+from pipeline.models import load_model, local_model_path, pick_precision
+from pipeline.params import load_params, require_tracked, run_main
+from pipeline.paths import BASELINES, PASSAGES, PREPARED
+from pipeline.retrieval import bm25_run, dense_run, save_run
 
 log = logging.getLogger("pipeline.baselines")
-PREPARED = Path("data/prepared")
-OUT_DIR = Path("reports/baselines")
-PASSAGES = Path("data/passages.jsonl")
 
 
 def main() -> None:
@@ -46,7 +38,7 @@ def main() -> None:
     model = load_model(base, max_seq_length=int(enc["max_seq_length"]))
     served = read_jsonl(PASSAGES)
 
-    with atomic_dir(OUT_DIR) as out:
+    with atomic_dir(BASELINES) as out:
         for name, folder in {**held_out_sets(PREPARED), "val": PREPARED / "val", "val_users": PREPARED / "val_users"}.items():
             corpus, queries, qrels, section_of = scored_set(folder, served)
             log.info("%s: %d queries, %d passages%s", name, len(queries), len(corpus),
@@ -59,7 +51,7 @@ def main() -> None:
             if name == "test":
                 pair_scores(run, qrels, q_emb, c_emb, queries, corpus, section_of).to_csv(
                     out / "test_base_pair_scores.csv", index=False)
-    log.info("wrote %s", OUT_DIR)
+    log.info("wrote %s", BASELINES)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,8 @@ import logging
 
 import pandas as pd
 
-from pipeline.common import (
-    InputError,
-    read_beir,
-    read_records,
-    repo_path,
-)
+from pipeline.data.readers import normalize, read_beir, read_records
+from pipeline.params import InputError, repo_path
 
 log = logging.getLogger("pipeline.prepare")
 
@@ -104,3 +100,24 @@ def synthetic_pairs(passages: list[dict], cfg: dict, seed: int) -> pd.DataFrame:
                                  "where": p["source"], "kind": "synthetic"})
     log.info("generated %d queries for %d passages with %s", len(rows), len(passages), path)
     return pd.DataFrame(rows)
+
+
+def kb_training_pairs(passages: list[dict], cfg: dict, judged: dict[str, set[str]], last_group: int, seed: int,
+                      stats: dict) -> pd.DataFrame:
+    """Training pairs from the knowledge base's sections (heading pairs, and doc2query questions when a local model
+    is set), training only; a document holding a judged passage is held out whole. Their groups are numbered after
+    `last_group`, one per document."""
+    kb = kb_heading_pairs(passages) if cfg.get("kb_pairs") else pd.DataFrame()
+    if (cfg.get("synthetic_queries") or {}).get("model"):
+        kb = pd.concat([kb, synthetic_pairs(passages, cfg["synthetic_queries"], seed)], ignore_index=True)
+    stats["rows_read"]["kb_sections"] = len(passages)
+    if not kb.empty:
+        held_docs = set(kb.loc[kb["positive"].map(normalize).isin(judged["test"] | judged["val"]), "group"])
+        kb = kb[~kb["group"].isin(held_docs)]
+        stats["held_out"]["kb_documents"] = len(held_docs)
+    stats["rows_read"]["kb_training_pairs"] = len(kb)
+    if kb.empty:
+        return kb
+    kb = kb.assign(q_norm=kb["query"].map(normalize), p_norm=kb["positive"].map(normalize), split="train")
+    kb["group_id"] = last_group + 1 + pd.factorize(kb["group"])[0]
+    return kb

@@ -27,7 +27,7 @@ def relaunch_on_every_gpu() -> bool:
         return False
     log.info("%d GPUs: training on all of them (torchrun --nproc_per_node %d)", gpus, gpus)
     status = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={gpus}", "-m", "pipeline.train"]).returncode
+                             f"--nproc_per_node={gpus}", "-m", "pipeline.stages.train"]).returncode
     if status:  # non-zero when any process failed
         sys.exit(status)
     return True

@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from pipeline.common import normalize
+from pipeline.data.readers import normalize
 
 
 class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):

@@ -1,8 +1,8 @@
 """Search an index built by the index stage: a library for a RAG application, and a command.
 
-    python -m pipeline.search "my puppy keeps vomiting and has bloody diarrhea" -k 3 [--mode hybrid] [--json]
+    python -m pipeline.serving.search "my puppy keeps vomiting and has bloody diarrhea" -k 3 [--mode hybrid] [--json]
 
-    from pipeline.search import Searcher                   # after `pip install -e .`, from any folder
+    from pipeline.serving.search import Searcher           # after `pip install -e .`, from any folder
     searcher = Searcher("/path/to/project/models/index")    # loads once; checks the model is the one that encoded it
     result = searcher.search("my cat is drinking a lot", k=5)
     result["hits"]            # [{"rank", "score", "id", "section", "title", "heading", "text", "source"}, ...]
@@ -26,19 +26,20 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from pipeline.common import InputError, load_model, model_fingerprint, resolve_model, run_main
-from pipeline.index import INDEX_DIRS
+from pipeline.models import load_model, model_fingerprint, resolve_model
+from pipeline.params import InputError, run_main
+from pipeline.paths import INDEX_DIRS, ROOT
 from pipeline.retrieval import bm25_tokens, encode, ranked, rrf
 
 MODES = ("dense", "hybrid")
-BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}  # onnx: pipeline/export.py
-PROJECT = Path(__file__).resolve().parent.parent
+BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}  # onnx: pipeline/stages/export.py
+
 
 
 def default_index(model: str = "finetuned") -> Path:
     """The project's index: under the current folder when it is the project, else under the installed project."""
     here = Path.cwd() / INDEX_DIRS[model]
-    return here if here.is_dir() else PROJECT / INDEX_DIRS[model]
+    return here if here.is_dir() else ROOT / INDEX_DIRS[model]
 
 
 class Searcher:
@@ -66,7 +67,7 @@ class Searcher:
         self.backend = backend
         if backend == "torch":
             self.model = load_model(str(model_dir), max_seq_length=info["max_seq_length"])
-        else:  # the export of this very model (pipeline/export.py): ONNX Runtime, no PyTorch
+        else:  # the export of this very model (pipeline/stages/export.py): ONNX Runtime, no PyTorch
             self.model = self._onnx_encoder(Path(onnx_dir) if onnx_dir else self.index_dir.parent / "onnx", backend)
         self.threshold = info.get("no_match_threshold")
         self._bm25 = None
@@ -78,7 +79,7 @@ class Searcher:
         return Path(resolve_model(model["name"]))  # a weights package or the hub cache, from anywhere
 
     def _onnx_encoder(self, folder: Path, backend: str):
-        from pipeline.onnx_encoder import OnnxEncoder
+        from pipeline.serving.onnx_encoder import OnnxEncoder
 
         export = folder / "export.json"
         if not export.is_file():

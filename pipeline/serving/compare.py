@@ -1,6 +1,6 @@
 """The seed's demo: base and fine-tuned model side by side on the indexed knowledge base, for any query.
 
-    python -m pipeline.compare "What are the symptoms of a dog sickness causing vomiting and diarrhea?" -k 3
+    python -m pipeline.serving.compare "What are the symptoms of a dog sickness causing vomiting and diarrhea?" -k 3
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from pipeline.common import run_main
-from pipeline.search import Searcher, default_index, hit_label
+from pipeline.params import run_main
+from pipeline.serving.search import Searcher, default_index, hit_label
 
 
 def side_by_side(left: list[dict], right: list[dict], width: int = 58) -> str:

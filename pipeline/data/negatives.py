@@ -9,9 +9,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from pipeline.common import (
-    InputError,
-)
+from pipeline.params import InputError
 
 log = logging.getLogger("pipeline.prepare")
 

@@ -1,0 +1,62 @@
+"""Held-out sets as they are scored: which sets there are, mapped onto the passages the index serves, and a run
+over chunks read as a run over the judged sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data.readers import beir_passage_texts, passage_text, read_beir
+from pipeline.retrieval import Run, ranked
+
+
+def held_out_sets(prepared: Path) -> dict[str, Path]:
+    """The held-out sets prepare wrote, by name: the main test set first, then each of data.testsets."""
+    named = sorted(p for p in (prepared / "testsets").glob("*") if p.is_dir())
+    return {"test": prepared / "test", **{p.name: p for p in named}}
+
+
+def scored_set(folder: Path, served: list[dict]):
+    """A held-out set as it is scored: corpus, queries, qrels, and `section_of` (chunk id -> section id).
+
+    When every passage its qrels judge is a section or answer the index serves, the corpus is the served passages
+    themselves (data/passages.jsonl, chunked as served, the same text encoded) and `section_of` maps each chunk to
+    the section it was cut from; otherwise the set's own corpus.jsonl, and None. A judged passage is served when a
+    served section has its id (`kb/<stem>#<n>`, `faq/<row>`; `kb/<_id>` for a BEIR knowledge base) and every
+    chunk cut from that section is part of the judged text: the same passage, not just the same name.
+    """
+    corpus, queries, qrels = read_beir(folder)
+    chunks: dict[str, list[str]] = {}
+    for p in served:
+        chunks.setdefault(p["section"], []).append(p["text"])
+    texts = beir_passage_texts(folder) if served else {}
+
+    def served_id(doc: str) -> str | None:
+        return next((s for s in (doc, f"kb/{doc}") if s in chunks and all(c in texts[doc] for c in chunks[s])), None)
+
+    judged = {d for rel in qrels.values() for d in rel}
+    mapping = {d: served_id(d) for d in judged}
+    if served and all(mapping.values()):
+        corpus = {p["id"]: passage_text(p["title"], p["heading"], p["text"]) for p in served}
+        qrels = {q: {mapping[d]: g for d, g in rel.items()} for q, rel in qrels.items()}
+        return corpus, queries, qrels, {p["id"]: p["section"] for p in served}
+    return corpus, queries, qrels, None
+
+
+def found_sections(run: Run, qrels: dict[str, dict[str, int]], section_of: dict[str, str] | None) -> Run:
+    """A run over chunks as a run over the judged sections: a chunk of a section relevant to the query stands for
+    that section where it first appears (a relevant passage is found when a retrieved chunk overlaps it); every
+    other chunk keeps its own id, so ranks never move up and several chunks of one section are not merged into one.
+    """
+    if section_of is None:
+        return run
+    out: Run = {}
+    for qid, scores in run.items():
+        relevant, seen, mapped = qrels.get(qid, {}), set(), {}
+        for doc in ranked(scores):
+            section = section_of.get(doc, doc)
+            key = section if section in relevant and section not in seen else doc
+            seen.add(section)
+            mapped[key] = scores[doc]
+        out[qid] = mapped
+    return out

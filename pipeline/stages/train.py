@@ -1,0 +1,146 @@
+"""Stage 2, train: fine-tune the base sentence-transformers model on the prepared tuples.
+
+Reads   params: model.base, train.*; files: data/prepared/train.jsonl, data/prepared/val/, data/prepared/val_users/
+Writes  models/finetuned/         the fine-tuned model (safetensors): the checkpoint with the best validation score,
+                                  merged with the base model at the weight whose smaller validation gain is largest
+        reports/train/            dvclive logs: loss and validation metrics per step, metrics.json summary
+                                  (both written aside and moved into place together when training succeeded)
+
+The validation score is the mean NDCG@10 of the FAQ-style and the users' validation sets (pipeline/training/validation.py).
+
+    python -m pipeline.stages.train
+
+On a machine with several GPUs it re-launches itself under torchrun, one process per GPU (the number of processes
+is the hardware's, never a param); `torchrun --nproc_per_node N -m pipeline.stages.train` runs it so by hand (gloo on the
+CPU, as tests/test_ddp.py does). Each process trains on its own batches, the loss gathers them into one softmax, and
+only rank 0 writes the model and the logs (pipeline/training/distributed.py).
+
+The story, in the order of the sentence-transformers training examples:
+1. load the base model  2. load the data  3. the loss  4. the training arguments
+5. evaluate before  6. train  7. evaluate after, merged with the base model at each weight  8. save
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+
+import torch
+
+from pipeline.files import atomic_dir, read_jsonl
+from pipeline.models import load_model, local_model_path, pick_precision
+from pipeline.params import InputError, load_params, require_tracked, run_main
+from pipeline.paths import FINETUNED, PREPARED, TRAIN_LOGS
+from pipeline.training import distributed
+from pipeline.training.args import batch_sampler, set_dropout, steps_per_epoch, training_arguments
+from pipeline.training.callbacks import dvclive_callback
+from pipeline.training.losses import build_loss
+from pipeline.training.merge import merge_with_base
+from pipeline.training.validation import BEST_METRIC, VALIDATION_SETS, kept_evaluation, validation
+
+log = logging.getLogger("pipeline.train")
+
+
+def main() -> None:
+    from dvclive import Live
+    from sentence_transformers import SentenceTransformerTrainer
+
+    # Every GPU, whatever params say: `dvc repro` on an N-GPU machine trains on N (CUDA_VISIBLE_DEVICES=0: on one)
+    if distributed.relaunch_on_every_gpu():
+        return
+    rank, world = distributed.start()
+    cfg = load_params("train")
+    base = load_params("model")["base"]
+    require_tracked("train", {"model.base": local_model_path(base)})
+    torch.manual_seed(int(cfg["seed"]))
+
+    # 1. Load the base model (device chosen at run time: CUDA if present, else CPU)
+    model = load_model(base, max_seq_length=int(cfg["max_seq_length"]))
+    log.info("base model %s on %s, max_seq_length %d", base, model.device, model.max_seq_length)
+    if set_dropout(model, cfg["dropout"]):
+        log.info("dropout set to %s", cfg["dropout"])
+
+    # 2. Data: training tuples, and the two validation sets (FAQ-style, and as users write) that choose the checkpoint
+    train_rows = read_jsonl(PREPARED / "train.jsonl")
+    if not train_rows:
+        raise InputError(f"{PREPARED / 'train.jsonl'}: no training rows")
+    evaluator = validation(PREPARED)
+
+    # 3. Loss, and how batches are drawn
+    loss, train_dataset = build_loss(cfg["loss"], model, train_rows, cfg)
+    log.info("%d training rows, columns %s, loss %s", len(train_dataset), train_dataset.column_names, cfg["loss"])
+    sampler = batch_sampler(cfg, train_rows)
+
+    # 4. Training arguments; one checkpoint folder for all processes: rank 0 saves, every one loads the best back
+    batch_size = int(cfg["batch_size"])
+    batches = steps_per_epoch(sampler, train_dataset, batch_size, world, int(cfg["seed"]))
+    if world > 1:
+        log.info("%d processes, batch %d each: %d pairs a step, %d steps an epoch", world, batch_size,
+                 world * batch_size, batches)
+    precision = pick_precision(cfg["precision"], "train.precision")
+    checkpoints = distributed.shared_tempdir(rank, world, prefix="checkpoints-")
+    args = training_arguments(cfg, sampler, batches, checkpoints, precision, model.device.type)
+
+    # dvclive writes aside (beside the checkpoints), moved into place with the model at the end: a failed run leaves
+    # the previous reports/train and models/finetuned as they were, never new logs beside an old model. Rank 0 only.
+    live_tmp = checkpoints / "dvclive"
+    live = Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None) if rank == 0 else None
+    with live or contextlib.nullcontext():
+        if live:
+            live.log_params({k: cfg[k] for k in sorted(cfg)})
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
+            callbacks=[dvclive_callback(live)] if live else [],
+        )
+        # 5-6. Evaluate before (eval_on_start) and train: every check is logged to dvclive
+        start = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - start
+        history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
+        before = history[0]
+        kept = kept_evaluation(trainer.state.log_history, trainer.state.best_global_step) or history[-1]
+
+        # 7. Evaluate after: the kept checkpoint merged with the base model at each weight, the best one loaded
+        base_state = load_model(base, device=str(model.device)).state_dict()
+        alpha, merges = merge_with_base(model, base_state, evaluator, cfg["merge_alphas"], before, distributed.validate)
+        after = merges[alpha]
+        log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f);"
+                 " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC],
+                 kept.get("step"), alpha, train_seconds / 60)
+        summary = {
+            "val_ndcg@10_before": round(before["eval_val_cosine_ndcg@10"], 4),
+            "val_ndcg@10_best": round(after["val_cosine_ndcg@10"], 4),
+            "val_mrr@10_best": round(after["val_cosine_mrr@10"], 4),
+            "val_users_ndcg@10_before": round(before["eval_val_users_cosine_ndcg@10"], 4),
+            "val_users_ndcg@10_best": round(after["val_users_cosine_ndcg@10"], 4),
+            "val_users_mrr@10_best": round(after["val_users_cosine_mrr@10"], 4),
+            "merge_alpha": alpha,
+            **{f"merge_{name}_ndcg@10": {f"{a:g}": m[f"{name}_cosine_ndcg@10"] for a, m in merges.items()}
+               for name in VALIDATION_SETS},
+            "best_step": int(kept.get("step", 0)),
+            "steps": int(trainer.state.global_step),
+            "train_minutes": round(train_seconds / 60, 2),
+            "pairs_per_second": round(trainer.state.global_step * batch_size * world / train_seconds, 2),
+            "device": str(model.device.type),
+            "processes": world,
+            "precision": precision,
+        }
+        if live:
+            live.summary = summary
+
+    # 8. Save the chosen model as safetensors, and the logs beside it: rank 0, once every process got here (none died
+    # mid-way), and the renames last of all
+    distributed.wait_for_all(world)
+    if rank == 0:
+        with atomic_dir(TRAIN_LOGS) as live_out, atomic_dir(FINETUNED) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        log.info("wrote %s and %s", FINETUNED, TRAIN_LOGS)
+    distributed.finish(world)
+
+
+if __name__ == "__main__":
+    run_main(main)
