@@ -1,6 +1,8 @@
 """Benchmark: the whole pipeline on real data no one on this team wrote (MedQuAD, ../shared/bench/medquad).
 
-    python bench/run_medquad.py                     # pipeline defaults, all of faq_train.jsonl
+    python bench/run_medquad.py                     # pipeline defaults, all of faq_train.jsonl + users' messages
+    python bench/run_medquad.py --messages none     # FAQ only: no users' messages
+    python bench/run_medquad.py --messages unlinked # the messages as a bare query log (their questions hidden)
     python bench/run_medquad.py --half              # the same defaults on half of faq_train.jsonl
     python bench/run_medquad.py -S train.epochs=2   # any params.yaml override, as with `dvc exp run -S`
     python bench/run_medquad.py --half --grid       # the ablation grid, queued with `dvc exp run --queue`
@@ -27,11 +29,15 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import cpu_model  # noqa: E402
 from pipeline.params import set_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDQUAD = ROOT.parent / "shared" / "bench" / "medquad"
 CONSUMER = ROOT.parent / "shared" / "bench" / "consumer_questions"  # real users' questions: scored, never trained on
+MESSAGES = ROOT.parent / "shared" / "bench" / "user_messages" / "pairs.jsonl"  # real users' messages: may be trained on
+MESSAGE_COLUMNS = {"linked": {"message": "message", "question": "question"},  # each message with the question it asks
+                   "unlinked": {"message": "message"}}                       # the same messages as a bare query log
 STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base"]
 # Runs one stage and reports the peak resident memory of the processes it waited for (the stage's python).
 STAGE_WRAPPER = (
@@ -44,7 +50,7 @@ def parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def make_workdir(name: str, overrides: dict) -> Path:
+def make_workdir(name: str, overrides: dict, messages: str = "linked") -> Path:
     work = ROOT / "bench" / "out" / name
     if work.exists():
         shutil.rmtree(work)
@@ -64,6 +70,8 @@ def make_workdir(name: str, overrides: dict) -> Path:
         "testset": str(MEDQUAD / "test"),
         "testsets": {"consumer_questions": str(CONSUMER)},  # read in place, never copied into the project
         "val_questions": None,  # no real validation questions: messages made from the validation pairs
+        "messages": [] if messages == "none" else [str(MESSAGES)],  # read in place, never copied into the project
+        "messages_columns": MESSAGE_COLUMNS.get(messages, MESSAGE_COLUMNS["linked"]),
     })
     params["evaluate"]["guards"] = ["consumer_questions"]
     params["prepare"]["kb_pairs"] = False  # the test corpus is the knowledge base here: never train on it
@@ -72,7 +80,8 @@ def make_workdir(name: str, overrides: dict) -> Path:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # every file a stage reads through params is a dependency of that stage (the stages check it)
     stages = yaml.safe_load((work / "dvc.yaml").read_text())
-    stages["stages"]["prepare"]["deps"] += [str(MEDQUAD / "faq_train.jsonl"), str(MEDQUAD / "test"), str(CONSUMER)]
+    stages["stages"]["prepare"]["deps"] += [str(MEDQUAD / "faq_train.jsonl"), str(MEDQUAD / "test"), str(CONSUMER),
+                                            str(MESSAGES)]
     stages["stages"]["passages"]["deps"].append(params["data"]["kb"])
     (work / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     # a repository with a commit, as a user's clone is (dvclive reads the current revision)
@@ -90,6 +99,8 @@ def print_summary(work: Path) -> None:
     train = json.loads((work / "reports" / "train" / "metrics.json").read_text())
     serve = json.loads((work / "reports" / "serve.json").read_text())
     keys = list(metrics["base"])
+    if "messages" in stats:
+        print(f"\nusers' messages: {stats['messages']}; training pairs by source {stats['pairs']['train_by_source']}")
     print(f"\nMedQuAD test/: {stats['pairs']['test_queries']} queries, {stats['pairs']['test_corpus']} passages; "
           f"{stats['pairs']['train']} training tuples ({stats['dropped']})")
     print(f"training: {train['steps']} steps, {train['train_minutes']} min, {train['pairs_per_second']} pairs/s, "
@@ -204,6 +215,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-S", dest="set", action="append", default=[], help="params override, key=value")
     parser.add_argument("--half", action="store_true", help="train on half of faq_train.jsonl")
+    parser.add_argument("--messages", choices=["linked", "unlinked", "none"], default="linked",
+                        help="users' messages (../shared/bench/user_messages): with their questions, bare, or none")
     parser.add_argument("--name", default=None, help="work folder name under bench/out/")
     parser.add_argument("--grid", action="store_true", help="run the ablation grid with `dvc exp run --queue`")
     parser.add_argument("--summary", metavar="NAME", help="only print the metrics of bench/out/NAME")
@@ -219,9 +232,10 @@ def main() -> None:
     if args.half:
         n = sum(1 for _ in open(MEDQUAD / "faq_train.jsonl", encoding="utf-8"))
         overrides["prepare.max_train_pairs"] = n // 2
-    name = args.name or ("grid_" if args.grid else "") + ("half" if args.half else "default") + "".join(f"_{k}={v}" for k, v in overrides.items()
+    name = args.name or ("grid_" if args.grid else "") + ("half" if args.half else "default") + (
+        "" if args.messages == "linked" else f"_messages={args.messages}") + "".join(f"_{k}={v}" for k, v in overrides.items()
                                                                       if k != "prepare.max_train_pairs")
-    work = make_workdir(name.replace("/", "_"), overrides)
+    work = make_workdir(name.replace("/", "_"), overrides, args.messages)
     print(f"work folder: {work}\noverrides: {overrides or 'none'}", flush=True)
     if args.grid:
         run_grid(work, GRID)
@@ -241,7 +255,7 @@ def main() -> None:
 
     print_summary(work)
     total = sum(s for s, _ in timings.values())
-    print(f"total wall time {total / 60:.1f} min: " + ", ".join(f"{k} {s / 60:.1f}" for k, (s, _) in timings.items()))
+    print(f"total wall time {total / 60:.1f} min on {cpu_model()}: " + ", ".join(f"{k} {s / 60:.1f}" for k, (s, _) in timings.items()))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,15 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
         lines.append(f"- **{name}** ({sizes[name]} questions): fine-tuned {text} the base model, {m} "
                      f"{block['base'][m]:.4f} → {block['finetuned'][m]:.4f}, {t['delta']:+.4f} "
                      f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]")
+    chosen = stats.get("selection", {})
+    if "merge_alpha" in chosen:
+        users = chosen.get("merge_val_users_ndcg@10", {})
+        base_users = chosen.get("val_users_ndcg@10_before")
+        candidates = ", ".join(f"{a}: {v:.4f}" for a, v in users.items())
+        what = ("the base model itself (weight 0): every trained candidate lost on validation" if chosen["merge_alpha"] == 0
+                else f"merge weight {chosen['merge_alpha']:g} (fine-tuned share of the weights)")
+        lines.append(f"- Validation chose {what}; users' validation NDCG@10 by weight {{{candidates}}}, base model "
+                     f"{base_users}.")
     served = "the fine-tuned model" if serve["model"] == "finetuned" else "**the base model**"
     lines.append(f"- The index serves {served}" + (f": {serve['reason']}." if serve.get("reason") else
                                                       f" (guard sets: {', '.join(serve['guards']) or 'none'})."))

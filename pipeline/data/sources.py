@@ -60,7 +60,7 @@ def expand_glossary(files: list[str], columns: dict, templates: list[str]) -> pd
 def kb_heading_pairs(passages: list[dict]) -> pd.DataFrame:
     """(title + heading, section) training pairs: documents without questions still teach the domain."""
     rows = [
-        {"query": f"{p['title']}: {p['heading']}", "positive": p["text"], "group": "kb: " + p["source"].split("#")[0],
+        {"query": f"{p['title']}: {p['heading']}", "positive": p["text"], "group": kb_document(p),
          "where": p["source"], "kind": "kb"}
         for p in passages
         if p["heading"] and p["heading"] != p["title"]
@@ -96,25 +96,38 @@ def synthetic_pairs(passages: list[dict], cfg: dict, seed: int) -> pd.DataFrame:
         for i, p in enumerate(batch):
             for q in dict.fromkeys(t.strip() for t in texts[i * n:(i + 1) * n]):
                 if q:
-                    rows.append({"query": q, "positive": p["text"], "group": "kb: " + p["source"].split("#")[0],
+                    rows.append({"query": q, "positive": p["text"], "group": kb_document(p),
                                  "where": p["source"], "kind": "synthetic"})
     log.info("generated %d queries for %d passages with %s", len(rows), len(passages), path)
     return pd.DataFrame(rows)
 
 
-def kb_training_pairs(passages: list[dict], cfg: dict, judged: dict[str, set[str]], last_group: int, seed: int,
+def kb_document(section: dict) -> str:
+    """The group of a knowledge-base section's training pairs: its document."""
+    return "kb: " + section["source"].split("#")[0]
+
+
+def held_documents(sections: list[dict], judged: set[str], held_topics: set[str]) -> set[str]:
+    """Knowledge-base documents that training must not see, as `kb_document` groups: those holding a passage a
+    held-out set judges, and those named like a held-out FAQ topic (`feline-leukemia-virus.md` is the FAQ group
+    `feline-leukemia-virus`): a held-out topic stays out of every source."""
+    names = {str(t).strip().lower() for t in held_topics}
+    return {kb_document(s) for s in sections
+            if normalize(s["text"]) in judged or s["source"].split("#")[0].rsplit(".", 1)[0].lower() in names}
+
+
+def kb_training_pairs(passages: list[dict], cfg: dict, held_docs: set[str], last_group: int, seed: int,
                       stats: dict) -> pd.DataFrame:
     """Training pairs from the knowledge base's sections (heading pairs, and doc2query questions when a local model
-    is set), training only; a document holding a judged passage is held out whole. Their groups are numbered after
-    `last_group`, one per document."""
+    is set), training only; `held_docs` are left out whole. Their groups are numbered after `last_group`, one per
+    document."""
     kb = kb_heading_pairs(passages) if cfg.get("kb_pairs") else pd.DataFrame()
     if (cfg.get("synthetic_queries") or {}).get("model"):
         kb = pd.concat([kb, synthetic_pairs(passages, cfg["synthetic_queries"], seed)], ignore_index=True)
     stats["rows_read"]["kb_sections"] = len(passages)
     if not kb.empty:
-        held_docs = set(kb.loc[kb["positive"].map(normalize).isin(judged["test"] | judged["val"]), "group"])
+        stats["held_out"]["kb_documents"] = len(held_docs & set(kb["group"]))
         kb = kb[~kb["group"].isin(held_docs)]
-        stats["held_out"]["kb_documents"] = len(held_docs)
     stats["rows_read"]["kb_training_pairs"] = len(kb)
     if kb.empty:
         return kb

@@ -26,10 +26,11 @@ import shutil
 
 import pandas as pd
 
-from pipeline.data.kb import read_kb
+from pipeline.data.kb import faq_answers, read_kb
+from pipeline.data.messages import MESSAGE_KINDS, message_pairs, read_messages, repeats
 from pipeline.data.negatives import add_hard_negatives
 from pipeline.data.readers import read_beir, write_beir
-from pipeline.data.sources import expand_glossary, kb_training_pairs, read_beir_pairs, read_faq
+from pipeline.data.sources import expand_glossary, held_documents, kb_training_pairs, read_beir_pairs, read_faq
 from pipeline.data.split import (
     beir_from_pairs,
     cap_validation,
@@ -49,6 +50,7 @@ from pipeline.paths import DATA_STATS, PREPARED
 log = logging.getLogger("pipeline.prepare")
 RESERVED = ("test", "val", "val_users")  # names of the prepared sets, not free for data.testsets
 KB_KINDS = ("kb", "synthetic")  # pairs made from data.kb sections: training only, never test or validation passages
+NOT_DISTRACTORS = (*KB_KINDS, *MESSAGE_KINDS)  # positives that are not FAQ answers: never a held-out corpus passage
 
 
 def main() -> None:
@@ -61,6 +63,7 @@ def main() -> None:
         "data.faq": data.get("faq"), "data.glossary": data.get("glossary"), "data.beir_train": data.get("beir_train"),
         "data.kb": data["kb"] if cfg.get("kb_pairs") or synthetic_model else None, "data.testset": data.get("testset"),
         "data.testsets": data.get("testsets") or {}, "data.val_questions": data.get("val_questions"),
+        "data.messages": data.get("messages"),
         "model.base": local_model_path(base), "prepare.synthetic_queries.model": synthetic_model})
 
     # 1. Read and validate every source (fails on the first bad file, naming file, line and field)
@@ -68,9 +71,20 @@ def main() -> None:
     glossary = expand_glossary(data.get("glossary") or [], data["glossary_columns"], cfg["glossary_templates"])
     beir = read_beir_pairs(data.get("beir_train") or [])
     stats["rows_read"] = {"faq": len(faq), "glossary_queries": len(glossary), "beir_pairs": len(beir)}
-    pairs = pd.concat([faq, glossary, beir], ignore_index=True)
-    if pairs.empty:
+    if faq.empty and glossary.empty and beir.empty:
         raise InputError("params.yaml: data.faq, data.glossary and data.beir_train give no question/answer pairs")
+    external_test, val_questions = data.get("testset"), data.get("val_questions")
+    kb_in_test = bool(external_test) and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve())
+    sections = [] if kb_in_test or not (cfg.get("kb_pairs") or synthetic_model or data.get("messages")) else read_kb(data["kb"])
+    model = load_model(base, max_seq_length=cfg["max_seq_length"])
+
+    # 1b. Users' messages: (message, what resolved it) and (message, its question); unlinked ones labelled where the
+    #     base model and BM25 agree (pipeline/data/messages.py). They join the topic of what they are linked to.
+    messages = pd.DataFrame()
+    if data.get("messages"):
+        messages = message_pairs(read_messages(data["messages"], data["messages_columns"]), sections,
+                                 faq_answers(data), faq, model, cfg["messages"], data["messages_columns"], stats)
+    pairs = pd.concat([faq, glossary, beir] + ([messages] if not messages.empty else []), ignore_index=True)
     if "group" not in pairs:
         pairs["group"] = None
     testsets = data.get("testsets") or {}
@@ -78,7 +92,6 @@ def main() -> None:
                                              for n in testsets):
         raise InputError("params.yaml: data.testsets must map names (letters, digits, _ and -; not "
                          f"{', '.join(RESERVED)}) to BEIR folders")
-    external_test, val_questions = data.get("testset"), data.get("val_questions")
 
     # 2. De-duplicate, group, and hold out every topic with a passage judged in a test set or the validation
     #    questions; then split the rest (the test split comes from data.testset when it is given)
@@ -93,19 +106,27 @@ def main() -> None:
     if external_test:  # the test set is given: topics it judges are only kept out of training
         forced = {g: "heldout" if s == "test" else s for g, s in forced.items()}
     fractions = {"val": cfg["val_fraction"]} if external_test else {"test": cfg["test_fraction"], "val": cfg["val_fraction"]}
-    eligible = pairs.loc[pairs["kind"] != "glossary", "group_id"].unique()  # glossary-only topics: training data
-    pairs["split"] = split_groups(pairs["group_id"].to_numpy(), fractions, seed, forced, eligible)
-    pairs["split"] = cap_validation(pairs, int(cfg["max_val_queries"]), seed,
-                                    {g for g, s in forced.items() if s == "val"})
-    # glossary templates ("What is X?") of a held-out topic are set aside, not scored: they are not real questions
-    pairs.loc[(pairs["kind"] == "glossary") & pairs["split"].isin(["test", "val"]), "split"] = "heldout"
+    # The split is drawn on the FAQ, glossary and BEIR rows alone (glossary-only topics are training data), and a
+    # message takes its topic's split (training where its topic has nothing else): messages never move the held-out sets
+    core = pairs[~pairs["kind"].isin(MESSAGE_KINDS)].copy()
+    eligible = core.loc[core["kind"] != "glossary", "group_id"].unique()
+    core["split"] = split_groups(core["group_id"].to_numpy(), fractions, seed, forced, eligible)
+    core["split"] = cap_validation(core, int(cfg["max_val_queries"]), seed, {g for g, s in forced.items() if s == "val"})
+    split_of = dict(zip(core["group_id"], core["split"]))
+    pairs["split"] = [split_of.get(g, forced.get(g, "train")) for g in pairs["group_id"]]
+    # glossary templates ("What is X?") and messages of a held-out topic are set aside, not scored: the held-out
+    # sets are the FAQ's questions; so are messages linked to a held-out knowledge-base document
+    held_docs = held_documents(sections, judged["test"] | judged["val"],
+                               set(pairs.loc[pairs["split"] != "train", "group"].dropna()))
+    aside = pairs["kind"].isin(["glossary", *MESSAGE_KINDS]) & pairs["split"].isin(["test", "val"])
+    pairs.loc[aside | (pairs["kind"].isin(MESSAGE_KINDS) & pairs["group"].isin(held_docs)), "split"] = "heldout"
     stats["held_out"] = {"topics_with_judged_passages": len(forced),
                          "rows_set_aside": int((pairs["split"] == "heldout").sum())}
     if cfg.get("kb_pairs") or synthetic_model:
-        if external_test and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve()):
+        if kb_in_test:
             raise InputError(f"params.yaml: data.kb ({data['kb']}) is inside data.testset: training on its passages "
                              "would leak the test corpus; set prepare.kb_pairs false and synthetic_queries.model null")
-        kb = kb_training_pairs(read_kb(data["kb"]), cfg, judged, int(pairs["group_id"].max()), seed, stats)
+        kb = kb_training_pairs(sections, cfg, held_docs, int(pairs["group_id"].max()), seed, stats)
         if not kb.empty:
             pairs = pd.concat([pairs, kb], ignore_index=True)
     train = pairs[pairs["split"] == "train"].reset_index(drop=True)
@@ -118,16 +139,22 @@ def main() -> None:
         if test.empty:
             raise InputError("prepare.test_fraction gives an empty test split: add data or raise the fraction")
         test_corpus, test_queries, test_qrels = beir_from_pairs(
-            test, pairs.loc[~pairs["kind"].isin(KB_KINDS), "positive"].tolist(), cfg["eval_corpus_size"], seed)
+            test, pairs.loc[~pairs["kind"].isin(NOT_DISTRACTORS), "positive"].tolist(), cfg["eval_corpus_size"], seed)
     if val.empty:
         raise InputError("prepare.val_fraction gives an empty validation split: add data or raise the fraction")
     val_corpus, val_queries, val_qrels = beir_from_pairs(
-        val, train.loc[~train["kind"].isin(KB_KINDS), "positive"].tolist(), cfg["val_corpus_size"], seed)
+        val, train.loc[~train["kind"].isin(NOT_DISTRACTORS), "positive"].tolist(), cfg["val_corpus_size"], seed)
     held_out_queries = [q for _, queries, _ in held_sets.values() for q in queries.values()]  # incl. data.testset
     held_out_queries += list(val_queries.values()) + ([] if external_test else list(test_queries.values()))
 
-    # 3. Leakage guard: no training question may be (nearly) a held-out one
-    model = load_model(base, max_seq_length=cfg["max_seq_length"])
+    # 3. Leakage guard: no training question may be (nearly) a held-out one, and no message may repeat one
+    repeat = train["kind"].isin(MESSAGE_KINDS).to_numpy() & repeats(train["query"].tolist(), held_out_queries,
+                                                                    float(cfg["messages"]["repeat_jaccard"]))
+    stats["dropped"]["message_repeats_held_out_question"] = int(repeat.sum())
+    if repeat.any():
+        log.warning("dropped %d training pairs of users' messages that repeat a held-out question, e.g. %s",
+                    repeat.sum(), train.loc[repeat, "where"].iloc[0])
+    train = train[~repeat].reset_index(drop=True)
     exact, near = leakage_guard(train, held_out_queries, model, cfg["leakage_cosine"], cfg["negatives"]["batch_size"])
     stats["dropped"]["leak_exact_question"] = int(exact.sum())
     stats["dropped"]["leak_near_duplicate_question"] = int(near.sum())

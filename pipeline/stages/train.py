@@ -69,7 +69,12 @@ def main() -> None:
     evaluator = validation(PREPARED)
 
     # 3. Loss, and how batches are drawn
-    loss, train_dataset = build_loss(cfg["loss"], model, train_rows, cfg)
+    guide = None
+    if cfg["guide"] not in (None, "base"):
+        raise InputError(f"params.yaml: train.guide {cfg['guide']!r} is not null or base")
+    if cfg["guide"] == "base":  # GIST: the frozen base model says which in-batch negatives are answers too
+        guide = load_model(base, max_seq_length=int(cfg["max_seq_length"]))
+    loss, train_dataset = build_loss(cfg["loss"], model, train_rows, cfg, guide)
     log.info("%d training rows, columns %s, loss %s", len(train_dataset), train_dataset.column_names, cfg["loss"])
     sampler = batch_sampler(cfg, train_rows)
 
@@ -106,9 +111,10 @@ def main() -> None:
         base_state = load_model(base, device=str(model.device)).state_dict()
         alpha, merges = merge_with_base(model, base_state, evaluator, cfg["merge_alphas"], before, distributed.validate)
         after = merges[alpha]
-        log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f);"
-                 " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC],
-                 kept.get("step"), alpha, train_seconds / 60)
+        log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f%s);"
+                 " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC], kept.get("step"), alpha,
+                 ": the base model itself, since every trained candidate lost on validation" if alpha == 0 else "",
+                 train_seconds / 60)
         summary = {
             "val_ndcg@10_before": round(before["eval_val_cosine_ndcg@10"], 4),
             "val_ndcg@10_best": round(after["val_cosine_ndcg@10"], 4),

@@ -29,14 +29,31 @@ def in_batch_negatives_loss(name: str, model, cfg: dict):
         raise InputError(f"params.yaml: train: {e}") from None
 
 
-def build_loss(name: str, model, train_rows: list[dict], cfg: dict):
-    """The loss named in params, and the training dataset in the column layout that loss expects."""
+def guided_loss(name: str, model, guide, cfg: dict):
+    """GISTEmbedLoss (Solatorio 2024), or its cached form: in-batch negatives that the frozen `guide` (the base
+    model) scores above the positive are left out of the softmax, since they are likely answers too; a user's
+    message about one subject often has several right answers in a batch of whole groups. Its temperature is
+    1 / train.scale, as for MNRL."""
+    from sentence_transformers.sentence_transformer import losses
+
+    options = {"temperature": 1.0 / float(cfg["scale"])}
+    if name == "CachedMultipleNegativesRankingLoss":
+        options["mini_batch_size"] = int(cfg["mini_batch_size"])
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        options["gather_across_devices"] = True
+    gist = losses.CachedGISTEmbedLoss if name == "CachedMultipleNegativesRankingLoss" else losses.GISTEmbedLoss
+    return gist(model, guide=guide, **options)
+
+
+def build_loss(name: str, model, train_rows: list[dict], cfg: dict, guide=None):
+    """The loss named in params, and the training dataset in the column layout that loss expects. With a `guide`
+    model (train.guide: base), the in-batch-negatives losses become their GIST form (`guided_loss`)."""
     from sentence_transformers.sentence_transformer import losses
 
     negatives = sorted(k for k in train_rows[0] if k.startswith("negative_"))
     columns = ["anchor", "positive", *negatives]
     if name in ("MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"):
-        loss = in_batch_negatives_loss(name, model, cfg)
+        loss = guided_loss(name, model, guide, cfg) if guide is not None else in_batch_negatives_loss(name, model, cfg)
     elif name == "TripletLoss":
         if not negatives:
             raise InputError("params.yaml: train.loss TripletLoss needs prepare.negatives.num >= 1")

@@ -1,0 +1,181 @@
+"""Users' messages as training data (data.messages): what a deployment's logs hold, in the users' own words.
+
+A message is *linked* when its row names what resolved it: the plain question it asks (`question`), the answer
+(`answer`), an FAQ row (`faq_row`) or a served passage (`passage_id`: `kb/<stem>#<n>`, `faq/<row>`). Otherwise it
+is *unlinked* (a query log), and it is labelled here only where two retrievers that share nothing agree: the base
+model and BM25 put the same passage first, and the base model's first passage leads its second by a margin. The
+labeller is checked on the linked messages with their links hidden (`label_precision` in data_stats.json).
+
+Every message becomes a (message, passage) training pair, and a (message, question) pair when it names the question:
+the model learns that the two mean the same, which is what FAQ-style training never shows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.readers import normalize, read_records
+from pipeline.data.sources import kb_document
+from pipeline.params import InputError
+
+log = logging.getLogger("pipeline.prepare")
+ROLES = ("message", "question", "answer", "faq_row", "passage_id")
+MESSAGE_KINDS = ("message", "message_question", "message_label")  # the pairs made here: training only, never scored
+
+
+def read_messages(files: list[str], columns: dict) -> pd.DataFrame:
+    """Every messages file, validated: `message` must be a non-empty column of each; the other roles are optional,
+    per file and per row (a row with none of them is unlinked)."""
+    unknown = sorted(set(columns) - set(ROLES))
+    if unknown or "message" not in columns:
+        raise InputError(f"params.yaml: data.messages_columns maps the roles {', '.join(ROLES)} (message required) "
+                         f"to column names; got {sorted(columns)}")
+    frames = []
+    for f in files:
+        optional = {role: col for role, col in columns.items() if role != "message" and col}
+        df = read_records(f, {"message": columns["message"]}, optional, key="data.messages")
+        frames.append(df.reindex(columns=["where", *ROLES]))
+        log.info("read %d users' messages from %s", len(df), f)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["where", *ROLES])
+
+
+def resolve_links(messages: pd.DataFrame, targets: dict[str, str], has_faq: bool, columns: dict) -> pd.Series:
+    """The passage text each message is linked to (answer, FAQ row or passage id), None where it names none or
+    only a question. `targets`: served passage id -> text. A link to nothing is an error naming file, line, field."""
+    def target(row) -> str | None:
+        if isinstance(row.answer, str):
+            return row.answer
+        for role, value in (("faq_row", row.faq_row), ("passage_id", row.passage_id)):
+            if not isinstance(value, str):
+                continue
+            pid = value if role == "passage_id" else f"faq/{value.removesuffix('.0')}"
+            if pid in targets:
+                return targets[pid]
+            kind = ("a row of data.faq (1-based; 'file stem/row' with several files)" if role == "faq_row" and has_faq
+                    else "a served passage id (kb/<stem>#<n> or faq/<row>)")
+            raise InputError(f"{row.where}: field '{columns[role]}' {value!r} is not {kind}")
+        return None
+
+    return pd.Series([target(r) for r in messages.itertuples()], index=messages.index, dtype=object)
+
+
+def link_questions(questions: list[str], faq: pd.DataFrame, model, threshold: float, batch_size: int) -> list:
+    """The FAQ answer of each plain question: the FAQ row whose question is the same once normalised, else the one
+    the base model finds closest when its cosine reaches `threshold`; None otherwise."""
+    from sentence_transformers.util import semantic_search
+
+    if not questions or faq.empty:
+        return [None] * len(questions)
+    by_text = dict(zip(faq["query"].map(normalize), faq["positive"]))
+    faq_questions = list(dict.fromkeys(faq["query"]))
+    answer_of = dict(zip(faq["query"], faq["positive"]))
+    q_emb = model.encode(questions, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    f_emb = model.encode(faq_questions, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    hits = semantic_search(q_emb, f_emb, top_k=1)
+    out = []
+    for q, hit in zip(questions, hits):
+        exact = by_text.get(normalize(q))
+        close = answer_of[faq_questions[hit[0]["corpus_id"]]] if hit and hit[0]["score"] >= threshold else None
+        out.append(exact or close)
+    return out
+
+
+def agreed_labels(messages: list[str], passages: list[str], model, margin: float, batch_size: int) -> list:
+    """The passage both the base model and BM25 put first, when the base model's first leads its second by
+    `margin` in cosine; None where they disagree or the lead is smaller."""
+    from sentence_transformers.util import semantic_search
+
+    from pipeline.retrieval import bm25_index, bm25_tokens
+
+    if not messages or len(passages) < 2:
+        return [None] * len(messages)
+    p_emb = model.encode(passages, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    m_emb = model.encode(messages, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    dense = semantic_search(m_emb, p_emb, top_k=2)
+    lexical, _ = bm25_index(passages).retrieve(bm25_tokens(messages), k=1, show_progress=False)
+    return [passages[d[0]["corpus_id"]] if d[0]["corpus_id"] == int(b[0]) and d[0]["score"] - d[1]["score"] >= margin
+            else None for d, b in zip(dense, lexical)]
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[0-9a-z]+", text.lower()))
+
+
+def repeats(messages: list[str], held_out: list[str], threshold: float) -> np.ndarray:
+    """Messages whose words overlap a held-out question's at `threshold` Jaccard or more: a held-out question asked
+    again. Word sets as sparse rows, so the overlap of every pair is one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    if not messages or not held_out:
+        return np.zeros(len(messages), dtype=bool)
+    sets = [words(t) for t in messages + held_out]
+    vocab = {w: i for i, w in enumerate(sorted(set().union(*sets)))}
+    rows = [i for i, s in enumerate(sets) for _ in s]
+    matrix = csr_matrix((np.ones(len(rows)), (rows, [vocab[w] for s in sets for w in s])), shape=(len(sets), len(vocab)))
+    a, b = matrix[: len(messages)], matrix[len(messages):]
+    inter = (a @ b.T).tocoo()
+    sizes_a, sizes_b = np.asarray(a.sum(axis=1)).ravel(), np.asarray(b.sum(axis=1)).ravel()
+    jaccard = inter.data / (sizes_a[inter.row] + sizes_b[inter.col] - inter.data)
+    hit = np.zeros(len(messages), dtype=bool)
+    hit[inter.row[jaccard >= threshold]] = True
+    return hit
+
+
+def message_pairs(messages: pd.DataFrame, sections: list[dict], answers: list[dict], faq: pd.DataFrame, model,
+                  cfg: dict, columns: dict, stats: dict) -> pd.DataFrame:
+    """Training pairs from the users' messages: (message, linked passage), (message, question), and (message,
+    agreed label) for the unlinked ones, when the labeller is precise enough on the linked ones. `sections` and
+    `answers` are the passages training may use (knowledge-base sections, FAQ answers) by served id; a pair on a
+    section carries its document's group, so a held-out document's messages can be set aside."""
+    batch = int(cfg["batch_size"])
+    targets = {s["id"]: s["text"] for s in sections} | {a["id"]: a["text"] for a in answers}
+    positive = resolve_links(messages, targets, bool(answers), columns)
+    has_question = messages["question"].map(lambda q: isinstance(q, str))
+    via_question = pd.Series(link_questions(messages.loc[has_question & positive.isna(), "question"].tolist(), faq,
+                                            model, float(cfg["question_link_cosine"]), batch),
+                             index=messages.index[has_question & positive.isna()], dtype=object)
+    positive = positive.fillna(via_question)
+    linked = positive.notna() | has_question
+    rows = [{"query": m.message, "positive": p, "where": m.where, "kind": "message"}
+            for m, p in zip(messages.itertuples(), positive) if isinstance(p, str)]
+    if cfg["question_pairs"]:
+        rows += [{"query": m.message, "positive": m.question, "where": m.where, "kind": "message_question"}
+                 for m in messages[has_question].itertuples()]
+    counts = {"linked": int(linked.sum()), "linked_to_a_passage": int(positive.notna().sum()),
+              "linked_through_the_question": int(via_question.notna().sum()), "unlinked": int((~linked).sum())}
+
+    # unlinked: label where the evidence agrees, measured first on the linked messages with their links hidden
+    unlinked = messages.loc[~linked, "message"].tolist()
+    if unlinked:
+        passages = list(dict.fromkeys(targets.values()))
+        checked = positive.notna()
+        labels = agreed_labels(unlinked + messages.loc[checked, "message"].tolist(), passages, model,
+                               float(cfg["label_margin"]), batch)
+        own, check = labels[: len(unlinked)], labels[len(unlinked):]
+        kept = [(lab, truth) for lab, truth in zip(check, positive[checked]) if lab is not None]
+        precision = float(np.mean([normalize(a) == normalize(b) for a, b in kept])) if kept else None
+        counts.update({"unlinked_labelled": sum(lab is not None for lab in own),
+                       "label_check": {"linked_messages": len(check), "labelled": len(kept),
+                                       "precision": None if precision is None else round(precision, 4)}})
+        too_few = counts["unlinked_labelled"] < int(cfg["min_labels"])
+        too_loose = precision is not None and precision < float(cfg["min_label_precision"])
+        if too_few or too_loose:
+            log.warning("unlinked messages: %d of %d labelled (%s on the linked ones); %s, so training goes on "
+                        "without them (prepare.messages.min_labels, min_label_precision)", counts["unlinked_labelled"],
+                        len(unlinked), "precision unmeasured" if precision is None else f"precision {precision:.2f}",
+                        "too few" if too_few else "too uncertain")
+            counts["unlinked_used"] = 0
+        else:
+            where = messages.loc[~linked, "where"].tolist()
+            rows += [{"query": m, "positive": lab, "where": w, "kind": "message_label"}
+                     for m, lab, w in zip(unlinked, own, where) if lab is not None]
+            counts["unlinked_used"] = counts["unlinked_labelled"]
+        log.info("unlinked messages: %d of %d labelled; the labeller on %d linked messages: %d labelled, precision %s",
+                 counts["unlinked_labelled"], len(unlinked), len(check), len(kept), precision)
+    stats["messages"] = counts
+    pairs = pd.DataFrame(rows, columns=["query", "positive", "where", "kind"])
+    return pairs.assign(group=pairs["positive"].map({s["text"]: kb_document(s) for s in sections}))
