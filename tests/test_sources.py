@@ -50,10 +50,17 @@ def test_missing_and_empty_files(tmp_path):
         read_records(write(tmp_path / "empty.csv", ""), FIELDS)
 
 
-def test_bad_encoding_names_the_line(tmp_path):
-    f = tmp_path / "faq.csv"
-    f.write_bytes("question,answer\nQ1?,A1\nQ2?,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(InputError, match=r"faq.csv:3: not valid UTF-8"):
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+@pytest.mark.parametrize("line", [3, 901])
+def test_bad_encoding_names_the_line(tmp_path, suffix, line):
+    """Far into a file too: the decoder reads in chunks, and its error offset counts from the chunk's start."""
+    f = tmp_path / f"faq.{suffix}"
+    good = "Q{}?,{}\n" if suffix == "csv" else '{{"question": "Q{}?", "answer": "{}"}}\n'
+    rows = [good.format(i, "a long enough answer " * 3) for i in range(2, line)]
+    bad = good.format(line, "caf\xe9")
+    f.write_bytes((("question,answer\n" if suffix == "csv" else good.format(1, "A1")) + "".join(rows) + bad)
+                  .encode("latin-1"))
+    with pytest.raises(InputError, match=rf"faq.{suffix}:{line}: not valid UTF-8"):
         read_records(f, FIELDS)
 
 

@@ -175,7 +175,7 @@ def message_pairs(messages: pd.DataFrame, sections: list[dict], answers: list[di
                      for m, lab, w in zip(unlinked, own, where) if lab is not None]
             counts["unlinked_used"] = counts["unlinked_labelled"]
         log.info("unlinked messages: %d of %d labelled; the labeller on %d linked messages: %d labelled, precision %s",
-                 counts["unlinked_labelled"], len(unlinked), len(check), len(kept), precision)
+                 counts["unlinked_labelled"], len(unlinked), len(check), len(kept), counts["label_check"]["precision"])
     stats["messages"] = counts
     pairs = pd.DataFrame(rows, columns=["query", "positive", "where", "kind"])
     return pairs.assign(group=pairs["positive"].map({s["text"]: kb_document(s) for s in sections}))

@@ -22,9 +22,16 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
-def _line_of_offset(path: Path, offset: int) -> int:
+def _first_bad_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8. Not the decoder's error offset: that counts from the start of
+    the chunk the reader was decoding, so a bad byte on line 901 reads as line 173."""
     with open(path, "rb") as f:
-        return f.read(offset).count(b"\n") + 1
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _params_key(key: str | None) -> str:
@@ -90,7 +97,7 @@ def read_records(path: str | Path, fields: dict[str, str], optional: dict[str, s
         else:
             raise InputError(f"{path}: unsupported file type '{suffix}' (use .csv, .jsonl or .parquet)")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path}:{_line_of_offset(path, e.start)}: not valid UTF-8 ({e.reason})") from None
+        raise InputError(f"{path}:{_first_bad_line(path)}: not valid UTF-8 ({e.reason})") from None
     except csv.Error as e:
         raise InputError(f"{path}: unreadable CSV ({e})") from None
     if not rows:
