@@ -379,3 +379,20 @@ def test_the_merge_weight_is_the_one_whose_smaller_gain_is_largest():
     assert choose_merge(flat, before, keys) == 0.5
     # one set only, or sets that agree: the best weight
     assert choose_merge(merges, before, keys[:1]) == 0.7
+
+
+def test_the_base_model_is_a_candidate_and_wins_when_every_trained_weight_loses():
+    """Weight 0 is the base model itself: when every trained weight loses on a validation set (the bundled run of
+    the previous release: all four lost on the users' questions), the base model is chosen, not the least bad."""
+    from pipeline.training.merge import choose_merge
+
+    before = {"eval_val_cosine_ndcg@10": 0.9506, "eval_val_users_cosine_ndcg@10": 0.7928}
+    scores = {0.0: (0.9506, 0.7928), 0.3: (0.9597, 0.7824), 0.5: (0.953, 0.7771), 0.7: (0.9732, 0.7614),
+              1.0: (0.9664, 0.7307)}
+    merges = {a: {"val_cosine_ndcg@10": v, "val_users_cosine_ndcg@10": u, "sequential_score": (v + u) / 2}
+              for a, (v, u) in scores.items()}
+    keys = ["val_cosine_ndcg@10", "val_users_cosine_ndcg@10"]
+    assert choose_merge(merges, before, keys) == 0.0
+    # one weight that gains on both sets beats the base model
+    merges[0.3]["val_users_cosine_ndcg@10"] = 0.7950
+    assert choose_merge(merges, before, keys) == 0.3
