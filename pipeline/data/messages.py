@@ -38,6 +38,7 @@ def read_messages(files: list[str], columns: dict) -> pd.DataFrame:
     for f in files:
         optional = {role: col for role, col in columns.items() if role != "message" and col}
         df = read_records(f, {"message": columns["message"]}, optional, key="data.messages")
+        df["where"] = f"{f}:" + df["where"].str.rsplit(":", n=1).str[1]  # the path as params.yaml gives it, and the line
         frames.append(df.reindex(columns=["where", *ROLES]))
         log.info("read %d users' messages from %s", len(df), f)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["where", *ROLES])
