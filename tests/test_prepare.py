@@ -321,3 +321,48 @@ def test_a_bad_named_test_set_fails_naming_file_line_and_field(tmp_path, monkeyp
     with pytest.raises(InputError, match=re.escape(message)):
         prepare.main()
     assert not (tmp_path / "data/prepared").exists() and not (tmp_path / "reports/data_stats.json").exists()
+
+
+def test_an_edited_judged_section_stays_held_out_and_scoring_its_stale_copy_is_refused(tmp_path, monkeypatch,
+                                                                                       tiny_model):
+    """A one-word edit to every judged section of milk-fever.md: the document is still held out (by the ids the
+    qrels name, not by exact text), and scoring pet_owners on the served passages is refused, naming the id."""
+    import json
+    import shutil
+
+    import yaml
+
+    from pipeline.data.kb import faq_answers, read_kb
+    from pipeline.data.readers import read_beir
+    from pipeline.eval.heldout import scored_set
+    from pipeline.params import load_params, set_params
+    from pipeline.stages import prepare
+
+    shutil.copytree(ROOT / "data/raw", tmp_path / "data/raw")
+    article = tmp_path / "data/raw/kb/milk-fever.md"
+    qrels = read_beir(tmp_path / "data/raw/testsets/pet_owners")[2]
+    judged = {d for docs in qrels.values() for d in docs if d.startswith("kb/milk-fever#")}
+    sections = [s for s in read_kb(tmp_path / "data/raw/kb") if s["id"] in judged]
+    chunks = re.split(r"(?m)^(?=## )", article.read_text())  # chunk n - 1 is section #n (#1: the introduction)
+    for s in sections:  # one word more at the end of each judged section
+        n = int(s["id"].split("#")[1])
+        chunks[n - 1] = chunks[n - 1].rstrip("\n") + " Updated.\n\n"
+    article.write_text("".join(chunks))
+    edited = {s["id"]: s["text"] for s in read_kb(tmp_path / "data/raw/kb") if s["id"] in judged}
+    assert all(edited[s["id"]] != s["text"] for s in sections)
+
+    params = set_params(load_params(path=ROOT / "params.yaml"), {
+        "model.base": tiny_model, "prepare.leakage_cosine": None, "prepare.max_seq_length": 32})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    prepare.main()
+    stats = json.loads((tmp_path / "reports/data_stats.json").read_text())
+    assert stats["held_out"]["kb_documents"] == 24  # as without the edit
+    positives = {normalize(json.loads(line)["positive"]) for line in open("data/prepared/train.jsonl")}
+    milk_fever = [s for s in read_kb("data/raw/kb") if s["source"] == "milk-fever.md"]
+    assert milk_fever and not {normalize(s["text"]) for s in milk_fever} & positives
+
+    served = [{"id": s["id"], "section": s["id"], "title": s["title"], "heading": s["heading"], "text": s["text"]}
+              for s in read_kb("data/raw/kb")] + faq_answers(load_params("data"))
+    with pytest.raises(InputError, match=r"qrels.tsv judges kb/milk-fever#\d+, which the index now serves with other"):
+        scored_set(tmp_path / "data/raw/testsets/pet_owners", served)

@@ -4,6 +4,7 @@ BEIR folders, and knowledge-base sections (heading pairs, or questions from a lo
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 
@@ -18,7 +19,8 @@ def read_faq(files: list[str], columns: dict) -> pd.DataFrame:
     for f in files:
         optional = {"group": columns["group"]} if columns.get("group") else {}
         df = read_records(f, {"query": columns["question"], "positive": columns["answer"]}, optional, key="data.faq")
-        df["kind"] = "faq"
+        prefix = "faq/" if len(files) == 1 else f"faq/{Path(f).stem}/"  # the served ids (data/kb.faq_answers)
+        df["kind"], df["faq_id"] = "faq", [f"{prefix}{row}" for row in range(1, len(df) + 1)]
         frames.append(df)
         log.info("read %d FAQ rows from %s", len(df), f)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -107,13 +109,16 @@ def kb_document(section: dict) -> str:
     return "kb: " + section["source"].split("#")[0]
 
 
-def held_documents(sections: list[dict], judged: set[str], held_topics: set[str]) -> set[str]:
+def held_documents(sections: list[dict], judged: tuple[set[str], set[str]], held_topics: set[str]) -> set[str]:
     """Knowledge-base documents that training must not see, as `kb_document` groups: those holding a passage a
-    held-out set judges, and those named like a held-out FAQ topic (`feline-leukemia-virus.md` is the FAQ group
-    `feline-leukemia-virus`): a held-out topic stays out of every source."""
+    held-out set judges (by its text, or by its id `kb/<stem>#<n>`: an edited section is still the judged one),
+    and those named like a held-out FAQ topic (`feline-leukemia-virus.md` is the FAQ group `feline-leukemia-virus`):
+    a held-out topic stays out of every source."""
+    texts, ids = judged
+    documents = {i.split("#")[0] for i in ids if i.startswith("kb/")}
     names = {str(t).strip().lower() for t in held_topics}
-    return {kb_document(s) for s in sections
-            if normalize(s["text"]) in judged or s["source"].split("#")[0].rsplit(".", 1)[0].lower() in names}
+    return {kb_document(s) for s in sections if normalize(s["text"]) in texts or s["id"].split("#")[0] in documents
+            or s["source"].split("#")[0].rsplit(".", 1)[0].lower() in names}
 
 
 def kb_training_pairs(passages: list[dict], cfg: dict, held_docs: set[str], last_group: int, seed: int,

@@ -97,22 +97,27 @@ def cap_validation(pairs: pd.DataFrame, max_queries: int, seed: int, held: set |
     return split
 
 
-def judged_passages(sets: dict[str, tuple]) -> set[str]:
-    """Normalised text of every passage judged relevant in these BEIR sets {folder: (corpus, queries, qrels)}:
-    what training must never see."""
-    texts = set()
+def judged_passages(sets: dict[str, tuple]) -> tuple[set[str], set[str]]:
+    """Every passage judged relevant in these BEIR sets {folder: (corpus, queries, qrels)}, what training must never
+    see: their normalised texts, and their ids (`kb/<stem>#<n>`, `faq/<row>` name a served passage whatever its
+    text is now: a judged section edited after the judging is still held out)."""
+    texts, ids = set(), set()
     for folder, (_, _, qrels) in sets.items():
         passages = beir_passage_texts(folder)
         texts |= {normalize(passages[d]) for docs in qrels.values() for d in docs}
-    return texts
+        ids |= {d for docs in qrels.values() for d in docs}
+    return texts, ids
 
 
-def held_out_groups(pairs: pd.DataFrame, judged: dict[str, set[str]]) -> dict:
-    """{group_id: split} for the groups holding a judged passage: split "test" for a test set's, "val" for the
-    validation questions' (test wins). A group is a whole topic: rows joined by question, answer or group value."""
+def held_out_groups(pairs: pd.DataFrame, judged: dict[str, tuple[set[str], set[str]]]) -> dict:
+    """{group_id: split} for the groups holding a judged passage, by its text or by its FAQ id (`faq/<row>`): split
+    "test" for a test set's, "val" for the validation questions' (test wins). A group is a whole topic: rows joined
+    by question, answer or group value."""
     forced = {}
+    faq_ids = pairs["faq_id"] if "faq_id" in pairs else pd.Series(None, index=pairs.index)
     for split in ("val", "test"):
-        forced.update(dict.fromkeys(pairs.loc[pairs["p_norm"].isin(judged[split]), "group_id"], split))
+        texts, ids = judged[split]
+        forced.update(dict.fromkeys(pairs.loc[pairs["p_norm"].isin(texts) | faq_ids.isin(ids), "group_id"], split))
     return forced
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.data.readers import beir_passage_texts, passage_text, read_beir
+from pipeline.params import InputError
 from pipeline.retrieval import Run, ranked
 
 
@@ -23,7 +24,9 @@ def scored_set(folder: Path, served: list[dict]):
     themselves (data/passages.jsonl, chunked as served, the same text encoded) and `section_of` maps each chunk to
     the section it was cut from; otherwise the set's own corpus.jsonl, and None. A judged passage is served when a
     served section has its id (`kb/<stem>#<n>`, `faq/<row>`; `kb/<_id>` for a BEIR knowledge base) and every
-    chunk cut from that section is part of the judged text: the same passage, not just the same name.
+    chunk cut from that section is part of the judged text: the same passage, not just the same name. A judged
+    id that the index serves with other text is an error naming both: scoring the set's stale copy instead would
+    break "what is served is what was scored" without a word.
     """
     corpus, queries, qrels = read_beir(folder)
     chunks: dict[str, list[str]] = {}
@@ -32,7 +35,15 @@ def scored_set(folder: Path, served: list[dict]):
     texts = beir_passage_texts(folder) if served else {}
 
     def served_id(doc: str) -> str | None:
-        return next((s for s in (doc, f"kb/{doc}") if s in chunks and all(c in texts[doc] for c in chunks[s])), None)
+        for s in (doc, f"kb/{doc}"):
+            if s in chunks and all(c in texts[doc] for c in chunks[s]):
+                return s
+            if s == doc and s in chunks:  # the set names a served passage by its own id, and it is served changed
+                raise InputError(
+                    f"{folder}/qrels.tsv judges {doc}, which the index now serves with other text: served "
+                    f"{chunks[s][0][:90]!r}…, judged {texts[doc][:90]!r}…. The passage changed after the set was "
+                    f"judged: copy the served text into {folder}/corpus.jsonl and check the judgements of {doc}")
+        return None
 
     judged = {d for rel in qrels.values() for d in rel}
     mapping = {d: served_id(d) for d in judged}

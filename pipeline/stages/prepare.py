@@ -116,7 +116,8 @@ def main() -> None:
     pairs["split"] = [split_of.get(g, forced.get(g, "train")) for g in pairs["group_id"]]
     # glossary templates ("What is X?") and messages of a held-out topic are set aside, not scored: the held-out
     # sets are the FAQ's questions; so are messages linked to a held-out knowledge-base document
-    held_docs = held_documents(sections, judged["test"] | judged["val"],
+    judged_anywhere = tuple(test | val for test, val in zip(judged["test"], judged["val"]))  # (texts, ids)
+    held_docs = held_documents(sections, judged_anywhere,
                                set(pairs.loc[pairs["split"] != "train", "group"].dropna()))
     aside = pairs["kind"].isin(["glossary", *MESSAGE_KINDS]) & pairs["split"].isin(["test", "val"])
     pairs.loc[aside | (pairs["kind"].isin(MESSAGE_KINDS) & pairs["group"].isin(held_docs)), "split"] = "heldout"
