@@ -109,7 +109,7 @@ def test_bundled_messages_are_trained_on_except_those_of_held_out_topics(tmp_pat
     assert stats_without["pairs"]["val_queries"] == stats["pairs"]["val_queries"]
     by_source = stats["pairs"]["train_by_source"]
     assert len(rows) - len(without) == sum(n for kind, n in by_source.items() if kind.startswith("message"))
-    assert held_documents(sections, set(), {"rabies"}) == {"kb: rabies.md"}
+    assert held_documents(sections, (set(), set()), {"rabies"}) == {"kb: rabies.md"}
 
 
 def test_unlinked_messages_are_labelled_only_when_the_labeller_is_precise_on_the_linked_ones(tmp_path, monkeypatch,

@@ -107,10 +107,15 @@ def test_a_set_judging_served_sections_is_scored_on_the_served_passages(tmp_path
     kb = [{"id": "kb/d7/1", "section": "kb/d7", "title": "", "heading": "", "text": "long answer"}]
     write_beir(tmp_path / "beir", {"d7": "long answer"}, {"q": "question"}, {"q": {"d7": 1}})
     assert scored_set(tmp_path / "beir", kb)[2] == {"q": {"kb/d7": 1}}
-    # the same id with other text is another passage: scored on its own corpus
-    for folder, corpus in [("other", {"d1": "elsewhere"}), ("renamed", {"faq/1": "a different answer"})]:
-        write_beir(tmp_path / folder, corpus, {"q": "question"}, {"q": {next(iter(corpus)): 1}})
-        assert scored_set(tmp_path / folder, served)[0] == corpus and scored_set(tmp_path / folder, served)[3] is None
+    # a set judging passages the index does not serve is scored on its own corpus
+    write_beir(tmp_path / "other", {"d1": "elsewhere"}, {"q": "question"}, {"q": {"d1": 1}})
+    assert scored_set(tmp_path / "other", served)[0] == {"d1": "elsewhere"} and scored_set(tmp_path / "other", served)[3] is None
+    # a judged id the index serves with other text (edited since the judging) is an error naming both, not a silent
+    # fall back to the set's stale copy
+    write_beir(tmp_path / "edited", {"faq/1": "a different answer"}, {"q": "question"}, {"q": {"faq/1": 1}})
+    with pytest.raises(InputError, match=r"edited/qrels.tsv judges faq/1, which the index now serves with other text: "
+                                         r"served 'an answer'…, judged 'a different answer'…"):
+        scored_set(tmp_path / "edited", served)
 
 
 def test_no_match_threshold_meets_its_precision_on_known_scores():

@@ -138,7 +138,8 @@ def main() -> None:
         curves[s] = [round(float(scores["test"][s][f"recall@{k}"].mean()), 4) for k in curves["k"]]
     best_first = {s: {q: (ranked(run.get(q, {})) or [None])[0] for q in main["qrels"]} for s, run in main["runs"].items()}
     stats = json.loads(DATA_STATS.read_text(encoding="utf-8"))
-    stats["selection"] = json.loads((TRAIN_LOGS / "metrics.json").read_text(encoding="utf-8"))  # the merge weight chosen
+    chosen = TRAIN_LOGS / "metrics.json"  # the merge weight validation chose (absent for a model trained elsewhere)
+    stats["selection"] = json.loads(chosen.read_text(encoding="utf-8")) if chosen.is_file() else {}
     with atomic_dir(PLOTS) as plots, atomic_file(PER_QUERY) as per_query_tmp, atomic_file(REPORT) as report_tmp, \
             atomic_file(METRICS) as metrics_tmp, atomic_file(SERVE) as serve_tmp:
         curves.to_csv(plots / "recall_at_k.csv", index=False)
