@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_model  # noqa: E402
 from pipeline.data.chunking import cut  # noqa: E402
 from pipeline.data.kb import read_kb  # noqa: E402
 from pipeline.eval.heldout import found_sections, scored_set  # noqa: E402
@@ -33,6 +34,7 @@ CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 100, "recall_k": [1, 10], "depth": 10
 
 
 def main() -> None:
+    print(f"CPU: {cpu_model()}", flush=True)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "bench/out/final/models/finetuned"))
     parser.add_argument("--base", default="all-MiniLM-L6-v2")

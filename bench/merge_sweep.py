@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import cpu_model  # noqa: E402
 from pipeline.data.readers import read_beir  # noqa: E402
 from pipeline.eval.metrics import per_query_metrics, summary  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
@@ -25,10 +26,13 @@ CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 100, "recall_k": [10], "depth": 100}
 
 
 def main() -> None:
+    print(f"CPU: {cpu_model()}", flush=True)
     work, alphas = Path(sys.argv[1]), [float(a) for a in sys.argv[2].split(",")]
     if not SHARED.is_dir():
         sys.exit(f"benchmark data not found at {SHARED}: nothing measured")
     chosen = json.loads((work / "reports/train/metrics.json").read_text())["merge_alpha"]
+    if chosen == 0:  # the saved model is the base model itself: the fine-tuned weights are not in it
+        sys.exit(f"{work}: validation chose weight 0 (the base model): there is no fine-tuned model to sweep")
     sets = {"val": work / "data/prepared/val", "val_users": work / "data/prepared/val_users",
             "medquad_test": SHARED / "medquad/test", "consumer_questions": SHARED / "consumer_questions"}
     sets = {name: read_beir(folder) for name, folder in sets.items()}

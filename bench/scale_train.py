@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import cpu_model  # noqa: E402
 from pipeline.params import set_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,7 @@ def train(work: Path, processes: int) -> dict:
 
 
 def main() -> None:
+    print(f"CPU: {cpu_model()}", flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/prepared", help="a prepared folder (train.jsonl, val/, val_users/)")
     parser.add_argument("--rows", type=int, default=None, help="train on the first ROWS training rows")

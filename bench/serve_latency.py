@@ -37,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_model  # noqa: E402
 from pipeline.data.readers import read_records  # noqa: E402
 from pipeline.params import load_params, setup_logging  # noqa: E402
 from pipeline.retrieval import encode  # noqa: E402
@@ -192,7 +193,7 @@ def main() -> None:
     setup_logging()
     served = Path(args.index)
     queries = questions()
-    print(f"machine: {os.cpu_count()} CPUs; torch threads {__import__('torch').get_num_threads()}")
+    print(f"machine: {cpu_model()}; torch threads {__import__('torch').get_num_threads()}")
 
     print(f"\nbundled knowledge base ({served}), backend {args.backend}")
     for backend in ("torch", "onnx", "onnx-int8"):
