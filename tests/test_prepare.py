@@ -155,7 +155,7 @@ def test_topics_with_judged_passages_are_held_out_across_faq_and_glossary(tmp_pa
     pairs = deduplicate(pairs, {"dropped": {}})
     pairs["group_id"] = connected_groups(pairs)
     # a test set judged "Fluids." relevant, and the validation questions "Answer 3."
-    forced = held_out_groups(pairs, {"test": {normalize("Fluids.")}, "val": {normalize("Answer 3.")}})
+    forced = held_out_groups(pairs, {"test": ({normalize("Fluids.")}, set()), "val": ({normalize("Answer 3.")}, set())})
     eligible = pairs.loc[pairs["kind"] != "glossary", "group_id"].unique()
     split = split_groups(pairs["group_id"].to_numpy(), {"test": 0.1, "val": 0.1}, seed=0, forced=forced, eligible=eligible)
     by_query = dict(zip(pairs["query"], split))
@@ -164,6 +164,9 @@ def test_topics_with_judged_passages_are_held_out_across_faq_and_glossary(tmp_pa
     assert by_query["What is topic 3?"] == "val"
     assert by_query["What is Bloat?"] == "train"  # a glossary-only topic is never drawn for a held-out split
     assert 0.05 < (split == "test").mean() < 0.3
+    # by the id the qrels name (`faq/<row>`), whatever the answer's text is now: row 5 is "Answer 2."
+    by_id = held_out_groups(pairs, {"test": ({normalize("an edited answer")}, {"faq/5"}), "val": (set(), set())})
+    assert set(pairs.loc[pairs["group_id"].isin(by_id), "query"]) == {"What is topic 2?"}
 
 
 def test_validation_cap_returns_whole_groups_to_training():

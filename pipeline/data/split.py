@@ -10,6 +10,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.data.messages import MESSAGE_KINDS
 from pipeline.data.readers import beir_passage_texts, normalize
 
 log = logging.getLogger("pipeline.prepare")
@@ -95,6 +96,29 @@ def cap_validation(pairs: pd.DataFrame, max_queries: int, seed: int, held: set |
     split[dropped & ~held_rows] = "train"
     split[dropped & held_rows] = "heldout"
     return split
+
+
+def split_topics(pairs: pd.DataFrame, fractions: dict[str, float], seed: int, forced: dict,
+                 max_val_queries: int) -> list[str]:
+    """The split of every row, whole groups at a time. It is drawn on the FAQ, glossary and BEIR rows alone
+    (glossary-only topics are training data), and a message takes its topic's split (training where its topic has
+    nothing else): adding users' messages never moves the held-out sets."""
+    core = pairs[~pairs["kind"].isin(MESSAGE_KINDS)].copy()
+    eligible = core.loc[core["kind"] != "glossary", "group_id"].unique()
+    core["split"] = split_groups(core["group_id"].to_numpy(), fractions, seed, forced, eligible)
+    core["split"] = cap_validation(core, max_val_queries, seed, {g for g, s in forced.items() if s == "val"})
+    split_of = dict(zip(core["group_id"], core["split"]))
+    return [split_of.get(g, forced.get(g, "train")) for g in pairs["group_id"]]
+
+
+def set_aside(pairs: pd.DataFrame, held_docs: set[str]) -> pd.Series:
+    """The splits with glossary templates and messages of a held-out topic, and messages linked to a held-out
+    document, set aside ("heldout"): the held-out sets are the FAQ's own questions, and a held-out topic stays out
+    of training."""
+    training_only = pairs["kind"].isin(["glossary", *MESSAGE_KINDS])
+    aside = training_only & pairs["split"].isin(["test", "val"])
+    aside |= pairs["kind"].isin(MESSAGE_KINDS) & pairs["group"].isin(held_docs)
+    return pairs["split"].mask(aside, "heldout")
 
 
 def judged_passages(sets: dict[str, tuple]) -> tuple[set[str], set[str]]:

@@ -33,13 +33,13 @@ from pipeline.data.readers import read_beir, write_beir
 from pipeline.data.sources import expand_glossary, held_documents, kb_training_pairs, read_beir_pairs, read_faq
 from pipeline.data.split import (
     beir_from_pairs,
-    cap_validation,
     connected_groups,
     deduplicate,
     held_out_groups,
     judged_passages,
     leakage_guard,
-    split_groups,
+    set_aside,
+    split_topics,
 )
 from pipeline.data.user_questions import rewrite_anchors, user_style_validation
 from pipeline.files import atomic_dir, write_json
@@ -106,21 +106,12 @@ def main() -> None:
     if external_test:  # the test set is given: topics it judges are only kept out of training
         forced = {g: "heldout" if s == "test" else s for g, s in forced.items()}
     fractions = {"val": cfg["val_fraction"]} if external_test else {"test": cfg["test_fraction"], "val": cfg["val_fraction"]}
-    # The split is drawn on the FAQ, glossary and BEIR rows alone (glossary-only topics are training data), and a
-    # message takes its topic's split (training where its topic has nothing else): messages never move the held-out sets
-    core = pairs[~pairs["kind"].isin(MESSAGE_KINDS)].copy()
-    eligible = core.loc[core["kind"] != "glossary", "group_id"].unique()
-    core["split"] = split_groups(core["group_id"].to_numpy(), fractions, seed, forced, eligible)
-    core["split"] = cap_validation(core, int(cfg["max_val_queries"]), seed, {g for g, s in forced.items() if s == "val"})
-    split_of = dict(zip(core["group_id"], core["split"]))
-    pairs["split"] = [split_of.get(g, forced.get(g, "train")) for g in pairs["group_id"]]
-    # glossary templates ("What is X?") and messages of a held-out topic are set aside, not scored: the held-out
-    # sets are the FAQ's questions; so are messages linked to a held-out knowledge-base document
+    pairs["split"] = split_topics(pairs, fractions, seed, forced, int(cfg["max_val_queries"]))
+    # glossary templates ("What is X?") and messages of a held-out topic are set aside, not scored, and so are
+    # messages linked to a held-out knowledge-base document
     judged_anywhere = tuple(test | val for test, val in zip(judged["test"], judged["val"]))  # (texts, ids)
-    held_docs = held_documents(sections, judged_anywhere,
-                               set(pairs.loc[pairs["split"] != "train", "group"].dropna()))
-    aside = pairs["kind"].isin(["glossary", *MESSAGE_KINDS]) & pairs["split"].isin(["test", "val"])
-    pairs.loc[aside | (pairs["kind"].isin(MESSAGE_KINDS) & pairs["group"].isin(held_docs)), "split"] = "heldout"
+    held_docs = held_documents(sections, judged_anywhere, set(pairs.loc[pairs["split"] != "train", "group"].dropna()))
+    pairs["split"] = set_aside(pairs, held_docs)
     stats["held_out"] = {"topics_with_judged_passages": len(forced),
                          "rows_set_aside": int((pairs["split"] == "heldout").sum())}
     if cfg.get("kb_pairs") or synthetic_model:
