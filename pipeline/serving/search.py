@@ -24,7 +24,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pandas as pd
 
 from pipeline.models import load_model, model_fingerprint, resolve_model
 from pipeline.params import InputError, run_main
@@ -62,7 +61,10 @@ class Searcher:
             raise InputError(f"{self.index_dir}: its vectors were made by model {info['model']['name']} with sha256 "
                              f"{info['model']['sha256'][:12]}, but {model_dir} now has {found[:12]}: the model changed "
                              "after indexing; run `dvc repro` to re-encode the index")
-        self.passages = pd.read_json(self.index_dir / "passages.jsonl", lines=True, dtype=False).to_dict("records")
+        # line by line, not through pandas: a key one passage lacks (an FAQ answer's `question`) would become NaN,
+        # which is not JSON
+        with open(self.index_dir / "passages.jsonl", encoding="utf-8") as f:
+            self.passages = [json.loads(line) for line in f if line.strip()]
         self.index = faiss.read_index(str(self.index_dir / "dense.faiss"))
         self.backend = backend
         if backend == "torch":
