@@ -13,7 +13,6 @@ the model learns that the two mean the same, which is what FAQ-style training ne
 from __future__ import annotations
 
 import logging
-import re
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ import pandas as pd
 from pipeline.data.readers import normalize, read_records
 from pipeline.data.sources import kb_document
 from pipeline.params import InputError
+from pipeline.retrieval import bm25_index, bm25_tokens, encode
 
 log = logging.getLogger("pipeline.prepare")
 ROLES = ("message", "question", "answer", "faq_row", "passage_id")
@@ -74,8 +74,7 @@ def link_questions(questions: list[str], faq: pd.DataFrame, model, threshold: fl
     by_text = dict(zip(faq["query"].map(normalize), faq["positive"]))
     faq_questions = list(dict.fromkeys(faq["query"]))
     answer_of = dict(zip(faq["query"], faq["positive"]))
-    q_emb = model.encode(questions, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    f_emb = model.encode(faq_questions, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    q_emb, f_emb = encode(model, questions, batch_size), encode(model, faq_questions, batch_size)
     hits = semantic_search(q_emb, f_emb, top_k=1)
     out = []
     for q, hit in zip(questions, hits):
@@ -90,20 +89,12 @@ def agreed_labels(messages: list[str], passages: list[str], model, margin: float
     `margin` in cosine; None where they disagree or the lead is smaller."""
     from sentence_transformers.util import semantic_search
 
-    from pipeline.retrieval import bm25_index, bm25_tokens
-
     if not messages or len(passages) < 2:
         return [None] * len(messages)
-    p_emb = model.encode(passages, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    m_emb = model.encode(messages, batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    dense = semantic_search(m_emb, p_emb, top_k=2)
+    dense = semantic_search(encode(model, messages, batch_size), encode(model, passages, batch_size), top_k=2)
     lexical, _ = bm25_index(passages).retrieve(bm25_tokens(messages), k=1, show_progress=False)
     return [passages[d[0]["corpus_id"]] if d[0]["corpus_id"] == int(b[0]) and d[0]["score"] - d[1]["score"] >= margin
             else None for d, b in zip(dense, lexical)]
-
-
-def words(text: str) -> set[str]:
-    return set(re.findall(r"[0-9a-z]+", text.lower()))
 
 
 def repeats(messages: list[str], held_out: list[str], threshold: float) -> np.ndarray:
@@ -113,7 +104,7 @@ def repeats(messages: list[str], held_out: list[str], threshold: float) -> np.nd
 
     if not messages or not held_out:
         return np.zeros(len(messages), dtype=bool)
-    sets = [words(t) for t in messages + held_out]
+    sets = [set(normalize(t).split()) for t in messages + held_out]
     vocab = {w: i for i, w in enumerate(sorted(set().union(*sets)))}
     rows = [i for i, s in enumerate(sets) for _ in s]
     matrix = csr_matrix((np.ones(len(rows)), (rows, [vocab[w] for s in sets for w in s])), shape=(len(sets), len(vocab)))
@@ -126,14 +117,15 @@ def repeats(messages: list[str], held_out: list[str], threshold: float) -> np.nd
     return hit
 
 
-def message_pairs(messages: pd.DataFrame, sections: list[dict], answers: list[dict], faq: pd.DataFrame, model,
-                  cfg: dict, columns: dict, stats: dict) -> pd.DataFrame:
+def message_pairs(messages: pd.DataFrame, sections: list[dict], faq: pd.DataFrame, model, cfg: dict, columns: dict,
+                  stats: dict) -> pd.DataFrame:
     """Training pairs from the users' messages: (message, linked passage), (message, question), and (message,
     agreed label) for the unlinked ones, when the labeller is precise enough on the linked ones. `sections` and
-    `answers` are the passages training may use (knowledge-base sections, FAQ answers) by served id; a pair on a
+    the FAQ's answers (`faq_id`, the served id) are the passages training may use; a pair on a
     section carries its document's group, so a held-out document's messages can be set aside."""
     batch = int(cfg["batch_size"])
-    targets = {s["id"]: s["text"] for s in sections} | {a["id"]: a["text"] for a in answers}
+    answers = dict(zip(faq["faq_id"], faq["positive"])) if not faq.empty else {}
+    targets = {s["id"]: s["text"] for s in sections} | answers
     positive = resolve_links(messages, targets, bool(answers), columns)
     has_question = messages["question"].map(lambda q: isinstance(q, str))
     via_question = pd.Series(link_questions(messages.loc[has_question & positive.isna(), "question"].tolist(), faq,

@@ -26,7 +26,7 @@ import shutil
 
 import pandas as pd
 
-from pipeline.data.kb import faq_answers, read_kb
+from pipeline.data.kb import read_kb
 from pipeline.data.messages import MESSAGE_KINDS, message_pairs, read_messages, repeats
 from pipeline.data.negatives import add_hard_negatives
 from pipeline.data.readers import read_beir, write_beir
@@ -82,8 +82,8 @@ def main() -> None:
     #     base model and BM25 agree (pipeline/data/messages.py). They join the topic of what they are linked to.
     messages = pd.DataFrame()
     if data.get("messages"):
-        messages = message_pairs(read_messages(data["messages"], data["messages_columns"]), sections,
-                                 faq_answers(data), faq, model, cfg["messages"], data["messages_columns"], stats)
+        messages = message_pairs(read_messages(data["messages"], data["messages_columns"]), sections, faq, model,
+                                 cfg["messages"], data["messages_columns"], stats)
     pairs = pd.concat([faq, glossary, beir] + ([messages] if not messages.empty else []), ignore_index=True)
     if "group" not in pairs:
         pairs["group"] = None
