@@ -25,10 +25,12 @@ def encode(model, texts: list[str], batch_size: int, precision: str = "fp32"):
     import torch
 
     # several GPUs: sentence-transformers' multi-process encoding, one process per GPU, for a large corpus (starting
-    # the processes costs seconds); those processes run the model in its own dtype, fp32
+    # the processes costs seconds). Those processes run the model in its own dtype, outside this autocast: so fp32
+    # only; bf16 stays on one GPU under autocast, as every other encode, so the vectors are what the setting says
     gpus = torch.cuda.device_count()
-    devices = [f"cuda:{i}" for i in range(gpus)] if gpus > 1 and len(texts) >= MULTI_GPU_MIN_TEXTS else None
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16" and devices is None):
+    devices = ([f"cuda:{i}" for i in range(gpus)]
+               if gpus > 1 and len(texts) >= MULTI_GPU_MIN_TEXTS and precision == "fp32" else None)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
                                show_progress_bar=len(texts) > 500, device=devices)
     return vectors.float().to(model.device)

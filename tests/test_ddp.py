@@ -137,14 +137,14 @@ def test_a_process_that_dies_mid_training_leaves_the_previous_model(tmp_path, ti
                            ("finetuned" if name == "models" else "train") + "/previous"}, listing
 
 
-def grouped_sampler(rows, batch_size, drop_last=True):
+def grouped_sampler(rows, batch_size, drop_last=True, processes=2, seed=42):
     from datasets import Dataset
 
     from pipeline.training.sampler import GroupedNoDuplicatesBatchSampler
 
     data = Dataset.from_dict({c: [r[c] for r in rows] for c in ("anchor", "positive")})
-    return GroupedNoDuplicatesBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=42,
-                                           groups=[r["group"] for r in rows])
+    return GroupedNoDuplicatesBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=seed,
+                                           groups=[r["group"] for r in rows], processes=processes)
 
 
 def dealt(sampler, world: int, epoch: int = 0) -> list[list[list[int]]]:
@@ -175,13 +175,30 @@ def test_every_row_once_per_epoch_across_the_processes():
 
 
 @pytest.mark.parametrize("world", [2, 3])
+def test_no_text_twice_in_one_optimizer_step_across_the_processes(world):
+    """The loss gathers every rank's batch of a step into one softmax: a text in two ranks' batches of the same
+    step would be its own negative. Topics whose questions share one answer (as FAQ rows with one answer and
+    several phrasings do) make rows wait; the row that waits must go to a later step, not to the next rank's
+    batch of this one (which a per-process no-duplicate rule allowed: 0-2 repeats per epoch, seeds 0-4)."""
+    rows = [{"anchor": f"question {i} on {t}", "positive": f"the one answer on {t}" if i < 3 else f"answer {i} on {t}",
+             "group": t} for t in TOPICS for i in range(5)]
+    for seed in range(5):
+        sampler = grouped_sampler(rows, 4, processes=world, seed=seed)
+        for epoch in (0, 1):
+            ranks = dealt(sampler, world, epoch)
+            for step in zip(*ranks):
+                texts = [text for batch in step for i in batch for text in (rows[i]["anchor"], rows[i]["positive"])]
+                assert len(texts) == len(set(texts)), (seed, epoch, step)
+
+
+@pytest.mark.parametrize("world", [2, 3])
 def test_uneven_batches_give_every_process_the_same_steps(world):
     """9 topics, one of them with a passage shared by all its rows (they wait for later batches, and the last ones
     may be short): every rank still takes the same number of full batches (a rank with one step more would wait for
     the others forever), none overlapping, and train.py counts exactly those steps."""
     rows = ROWS + [{"anchor": f"question {i} on fleas", "positive": "one shared answer on fleas", "group": "fleas"}
                    for i in range(4)]
-    sampler = grouped_sampler(rows, 4)
+    sampler = grouped_sampler(rows, 4, processes=world)
     ranks = dealt(sampler, world)
     seen = [i for r in ranks for b in r for i in b]
     assert len(seen) == len(set(seen)) and all(len(b) == 4 for r in ranks for b in r)

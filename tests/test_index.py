@@ -36,3 +36,28 @@ def test_above_the_threshold_the_index_is_ivf_with_its_recall_measured():
     few, kind = build_index(vectors, {"approximate_above": 1000, "ivf_nlist": 16, "nprobe": 1})
     assert 0.0 < kind["recall@10_vs_exact"] < 1.0  # one cell of 16: neighbours in other cells are missed
     assert few.ntotal == full.ntotal == 3000
+
+
+def test_several_gpus_encode_a_large_set_at_the_precision_asked(monkeypatch):
+    """Above MULTI_GPU_MIN_TEXTS with several GPUs, fp32 goes to sentence-transformers' one-process-per-GPU pool;
+    bf16 must not (those processes run outside this process's autocast, in fp32, while info.json would say bf16)."""
+    import torch
+
+    from pipeline import retrieval
+
+    class Recorder:
+        device = torch.device("cpu")
+
+        def encode(self, texts, device=None, **kwargs):
+            self.seen = {"devices": device, "autocast": torch.is_autocast_enabled("cpu")}
+            return torch.ones(len(texts), 2)
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    texts = ["a passage"] * retrieval.MULTI_GPU_MIN_TEXTS
+    model = Recorder()
+    encode(model, texts, 16, "bf16")
+    assert model.seen == {"devices": None, "autocast": True}
+    encode(model, texts, 16, "fp32")
+    assert model.seen == {"devices": ["cuda:0", "cuda:1"], "autocast": False}
+    encode(model, texts[:10], 16, "bf16")  # a small set: one device, autocast, as ever
+    assert model.seen == {"devices": None, "autocast": True}

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from pipeline.data.readers import read_beir, write_beir
@@ -248,7 +249,10 @@ def test_train_summary_reports_the_kept_checkpoint_and_the_merge_weight(train_pr
     monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
     train.main()
     summary = json.loads((train_project / "reports/train/metrics.json").read_text())
-    assert summary["val_ndcg@10_before"] == 0.9 and summary["best_step"] == 4
+    assert summary["best_step"] == 4
+    # "before" is the base model scored beside the merges, as evaluate scores it, not the step-0 training check
+    # (0.9 in HISTORY)
+    assert summary["val_ndcg@10_before"] == summary["merge_val_ndcg@10"]["0"] != 0.9
     alphas = load_params("train", path=train_project / "params.yaml")["merge_alphas"]
     for key in ("merge_val_ndcg@10", "merge_val_users_ndcg@10"):
         assert list(summary[key]) == [f"{a:g}" for a in sorted(alphas)] and len(alphas) > 1
@@ -396,3 +400,33 @@ def test_the_base_model_is_a_candidate_and_wins_when_every_trained_weight_loses(
     # one weight that gains on both sets beats the base model
     merges[0.3]["val_users_cosine_ndcg@10"] = 0.7950
     assert choose_merge(merges, before, keys) == 0.3
+
+
+def test_the_merge_weight_is_chosen_at_the_precision_evaluation_reports(train_project, monkeypatch):
+    """Training in bf16 leaves accelerate's autocast wrapper on model.forward; the merge candidates must be scored
+    as evaluate scores them (encode.precision, fp32 here), or the weight is chosen on bf16 scores and reported in
+    fp32. Each candidate's vectors during the choice equal those of a fresh fp32 model with the same weights."""
+    from pipeline.models import pick_precision
+    from pipeline.stages import train
+    from pipeline.training import distributed
+
+    if pick_precision("auto", "train.precision") != "bf16":
+        pytest.skip("no native bf16 on this CPU")
+    params = load_params(path=train_project / "params.yaml")
+    params = set_params(params, {"train.precision": "bf16", "encode.precision": "fp32", "train.merge_alphas": [0.5, 1.0]})
+    (train_project / "params.yaml").write_text(yaml.safe_dump(params))
+    seen, validate = [], distributed.validate
+
+    def recording(evaluator, model):
+        seen.append((model.encode(["a question about fleas"], convert_to_tensor=True).cpu(),
+                     {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return validate(evaluator, model)
+
+    monkeypatch.setattr(distributed, "validate", recording)
+    train.main()
+    assert len(seen) == 3  # the base model (0.0), 0.5 and 1.0
+    fresh = load_model(params["model"]["base"], max_seq_length=16, device="cpu")
+    for vector, state in seen:
+        fresh.load_state_dict(state)
+        expected = fresh.encode(["a question about fleas"], convert_to_tensor=True).cpu()
+        assert torch.allclose(vector, expected, atol=1e-6), (vector - expected).abs().max()

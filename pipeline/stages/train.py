@@ -1,6 +1,6 @@
 """Stage 2, train: fine-tune the base sentence-transformers model on the prepared tuples.
 
-Reads   params: model.base, train.*; files: data/prepared/train.jsonl, data/prepared/val/, data/prepared/val_users/
+Reads   params: model.base, train.*, encode.precision (the merge weight is chosen at it); files: data/prepared/train.jsonl, data/prepared/val/, data/prepared/val_users/
 Writes  models/finetuned/         the fine-tuned model (safetensors): the checkpoint with the best validation score,
                                   merged with the base model at the weight whose smaller validation gain is largest
         reports/train/            dvclive logs: loss and validation metrics per step, metrics.json summary
@@ -45,6 +45,7 @@ log = logging.getLogger("pipeline.train")
 
 def main() -> None:
     from dvclive import Live
+    from accelerate.utils import extract_model_from_parallel
     from sentence_transformers import SentenceTransformerTrainer
 
     # Every GPU, whatever params say: `dvc repro` on an N-GPU machine trains on N (CUDA_VISIBLE_DEVICES=0: on one)
@@ -76,7 +77,7 @@ def main() -> None:
         guide = load_model(base, max_seq_length=int(cfg["max_seq_length"]))
     loss, train_dataset = build_loss(cfg["loss"], model, train_rows, cfg, guide)
     log.info("%d training rows, columns %s, loss %s", len(train_dataset), train_dataset.column_names, cfg["loss"])
-    sampler = batch_sampler(cfg, train_rows)
+    sampler = batch_sampler(cfg, train_rows, world)
 
     # 4. Training arguments; one checkpoint folder for all processes: rank 0 saves, every one loads the best back
     batch_size = int(cfg["batch_size"])
@@ -104,22 +105,30 @@ def main() -> None:
         trainer.train()
         train_seconds = time.perf_counter() - start
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
-        before = history[0]
         kept = kept_evaluation(trainer.state.log_history, trainer.state.best_global_step) or history[-1]
 
-        # 7. Evaluate after: the kept checkpoint merged with the base model at each weight, the best one loaded
+        # 7. Evaluate after: the kept checkpoint merged with the base model at each weight, the best one loaded.
+        # accelerate wrapped model.forward in the training precision's autocast and leaves it so; the weight is
+        # chosen at the precision evaluation reports (encode.precision), so the wrapper comes off first
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
+        scored_precision = pick_precision(load_params("encode")["precision"], "encode.precision")
+
+        def validate_as_scored(evaluator, model):
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=scored_precision == "bf16"):
+                return distributed.validate(evaluator, model)
+
         base_state = load_model(base, device=str(model.device)).state_dict()
-        alpha, merges = merge_with_base(model, base_state, evaluator, cfg["merge_alphas"], before, distributed.validate)
+        alpha, merges, before = merge_with_base(model, base_state, evaluator, cfg["merge_alphas"], validate_as_scored)
         after = merges[alpha]
-        log.info("validation (mean NDCG@10 of val and val_users): %.4f before, %.4f after (step %s, merge weight %.2f%s);"
-                 " %.1f min training", before[f"eval_{BEST_METRIC}"], after[BEST_METRIC], kept.get("step"), alpha,
+        log.info("validation (mean NDCG@10 of val and val_users): %.4f base, %.4f after (step %s, merge weight %.2f%s);"
+                 " %.1f min training", before[BEST_METRIC], after[BEST_METRIC], kept.get("step"), alpha,
                  ": the base model itself, since every trained candidate lost on validation" if alpha == 0 else "",
                  train_seconds / 60)
         summary = {
-            "val_ndcg@10_before": round(before["eval_val_cosine_ndcg@10"], 4),
+            "val_ndcg@10_before": round(before["val_cosine_ndcg@10"], 4),
             "val_ndcg@10_best": round(after["val_cosine_ndcg@10"], 4),
             "val_mrr@10_best": round(after["val_cosine_mrr@10"], 4),
-            "val_users_ndcg@10_before": round(before["eval_val_users_cosine_ndcg@10"], 4),
+            "val_users_ndcg@10_before": round(before["val_users_cosine_ndcg@10"], 4),
             "val_users_ndcg@10_best": round(after["val_users_cosine_ndcg@10"], 4),
             "val_users_mrr@10_best": round(after["val_users_cosine_mrr@10"], 4),
             "merge_alpha": alpha,

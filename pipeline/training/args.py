@@ -41,14 +41,15 @@ def set_dropout(model, p) -> int:
     return count
 
 
-def batch_sampler(cfg: dict, train_rows: list[dict]):
+def batch_sampler(cfg: dict, train_rows: list[dict], processes: int = 1):
     """How batches are drawn: in-batch negatives are only negatives if no text repeats in a batch; with
     train.group_batches, batches of whole groups (a question's negatives include its own subject's other answers)."""
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     if cfg["group_batches"] and "MultipleNegativesRankingLoss" in cfg["loss"] and "group" in train_rows[0]:
         log.info("batches of whole groups: %d groups", len({r["group"] for r in train_rows}))
-        return functools.partial(GroupedNoDuplicatesBatchSampler, groups=[r["group"] for r in train_rows])
+        return functools.partial(GroupedNoDuplicatesBatchSampler, groups=[r["group"] for r in train_rows],
+                                 processes=processes)
     return BatchSamplers.NO_DUPLICATES
 
 

@@ -36,17 +36,22 @@ def choose_merge(merges: dict[float, dict], before: dict, keys: list[str], floor
     return max(merges, key=lambda a: (round(share[a], 4), round(merges[a][BEST_METRIC], 4), a))
 
 
-def merge_with_base(model, base_state: dict, evaluator, alphas: list[float], before: dict, validate) -> tuple[float, dict]:
+def merge_with_base(model, base_state: dict, evaluator, alphas: list[float], validate) -> tuple[float, dict, dict]:
     """Score the trained model merged with the base model at each weight (1.0: as trained) on validation, load the
-    chosen one into `model`, and return its weight and every weight's scores. `validate(evaluator, model)` scores
-    (the same on every process under DDP, so every process makes the same choice)."""
+    chosen one into `model`, and return its weight, every weight's scores and the base model's. `validate(evaluator, model)` scores
+    (the same on every process under DDP, so every process makes the same choice). The base model (weight 0.0) is
+    always scored: it is the reference each gain is measured from."""
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
     merges = {}
-    for alpha in sorted(float(a) for a in alphas):
+    for alpha in sorted({0.0, *(float(a) for a in alphas)}):
         model.load_state_dict(merged_state(base_state, tuned, alpha))
         merges[alpha] = validate(evaluator, model)
         log.info("merge %.2f: val NDCG@10 %.4f, val_users NDCG@10 %.4f", alpha,
                  merges[alpha]["val_cosine_ndcg@10"], merges[alpha]["val_users_cosine_ndcg@10"])
-    alpha = choose_merge(merges, before, [f"{name}_cosine_ndcg@10" for name in VALIDATION_SETS])
+    # the base model's scores are measured here, beside the candidates and at the same precision (not the step-0
+    # evaluation of training, which ran in the training precision): the gaps that decide are of that size
+    reference = {f"eval_{k}": v for k, v in merges[0.0].items()}
+    candidates = {a: m for a, m in merges.items() if a in {float(x) for x in alphas}}
+    alpha = choose_merge(candidates, reference, [f"{name}_cosine_ndcg@10" for name in VALIDATION_SETS])
     model.load_state_dict(merged_state(base_state, tuned, alpha))
-    return alpha, merges
+    return alpha, candidates, merges[0.0]

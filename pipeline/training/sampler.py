@@ -25,15 +25,20 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
 
     Under DDP (torchrun) every process builds these same batches (seeded by seed and epoch, never by rank) and
     accelerate deals them round-robin, batch i to rank i % N, in whole rounds only, so every process takes the same
-    number of steps. sentence-transformers then sets drop_last, since the loss gathers equal-sized batches: short
-    batches and an incomplete last round sit out this epoch; the next one is shuffled anew (tests/test_ddp.py).
+    number of steps. One round is one optimizer step, and the loss gathers its N batches into one softmax
+    (gather_across_devices): so the no-repeat rule holds for the round, not for each batch alone. A global batch
+    of N x batch_size rows is built under the rule and cut into the N batches of its round; a row that waits
+    goes to the next step, never to another rank's share of the same one. sentence-transformers sets drop_last,
+    since the loss gathers equal-sized batches: an incomplete last round sits out this epoch; the next one is
+    shuffled anew (tests/test_ddp.py).
     """
 
     def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
-                 groups=None):
+                 groups=None, processes: int = 1):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         self.groups = list(groups)
+        self.processes = int(processes)
         # what may not repeat within a batch, per row: every text, and the normalised question
         self.keys = [{"q:" + normalize(row[0])} | {"t:" + text for text in row} for row in zip(
             *(dataset[c] for c in dataset.column_names if c not in (valid_label_columns or [])))]
@@ -61,11 +66,12 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
         order = list(members)
         rng.shuffle(order)
         pending = [int(row) for group in order for row in rng.permutation(members[group])]
+        size = self.batch_size * self.processes  # one optimizer step: every process's batch of it
         while pending:
-            # take rows in stream order; a clashing row waits and goes first in the next batch
+            # take rows in stream order; a clashing row waits and goes first in the next step
             batch, seen, waiting = [], set(), []
             for i, row in enumerate(pending):
-                if len(batch) == self.batch_size:
+                if len(batch) == size:
                     waiting += pending[i:]
                     break
                 if self.keys[row] & seen:
@@ -74,5 +80,6 @@ class GroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
                     batch.append(row)
                     seen |= self.keys[row]
             pending = waiting
-            if len(batch) == self.batch_size or not self.drop_last:
-                yield batch
+            if len(batch) == size or not self.drop_last:
+                # one process: the batch; N: the round's N batches, dealt one per rank by accelerate
+                yield from (batch[i:i + self.batch_size] for i in range(0, len(batch), self.batch_size))
