@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from pipeline.files import atomic_dir, read_jsonl
+from pipeline.files import atomic_outputs, read_jsonl
 from pipeline.models import load_model, local_model_path, pick_precision
 from pipeline.params import InputError, load_params, require_tracked, run_main
 from pipeline.paths import FINETUNED, PREPARED, TRAIN_LOGS
@@ -149,9 +149,9 @@ def main() -> None:
     # mid-way), and the renames last of all
     distributed.wait_for_all(world)
     if rank == 0:
-        with atomic_dir(TRAIN_LOGS) as live_out, atomic_dir(FINETUNED) as tmp:
+        with atomic_outputs(TRAIN_LOGS, FINETUNED) as (live_out, tmp):
             model.save_pretrained(str(tmp), safe_serialization=True)
-            shutil.copytree(live_tmp, live_out, dirs_exist_ok=True)
+            shutil.copytree(live_tmp, live_out)
         shutil.rmtree(checkpoints, ignore_errors=True)
         log.info("wrote %s and %s", FINETUNED, TRAIN_LOGS)
     distributed.finish(world)
