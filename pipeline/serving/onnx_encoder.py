@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# each input a graph may declare, and the field of a tokenizers Encoding that holds it: a graph declares the inputs
+# its model's tokenizer gives (BERT: all three; MPNet, RoBERTa: no token_type_ids), and is fed exactly those
+FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
 
 class OnnxEncoder:
@@ -20,18 +22,23 @@ class OnnxEncoder:
         model_file = Path(model_file)
         self.tokenizer = Tokenizer.from_file(str(model_file.parent / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_seq_length)
-        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        if self.tokenizer.padding is None:  # an export that copied the model's file as it came: BERT's pad token
+            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        unknown = [name for name in self.inputs if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"{model_file} declares inputs {unknown} that a tokenizer does not give "
+                             f"(it gives {', '.join(FIELDS)})")
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
         out = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenizer.encode_batch(list(texts[i:i + batch_size]))
-            feed = {"input_ids": [e.ids for e in batch], "attention_mask": [e.attention_mask for e in batch],
-                    "token_type_ids": [e.type_ids for e in batch]}
-            out.append(self.session.run(None, {k: np.asarray(v, dtype=np.int64) for k, v in feed.items()})[0])
+            feed = {name: np.asarray([getattr(e, FIELDS[name]) for e in batch], dtype=np.int64) for name in self.inputs}
+            out.append(self.session.run(None, feed)[0])
         return np.vstack(out).astype("float32") if out else np.zeros((0, 0), dtype="float32")
