@@ -122,3 +122,30 @@ def test_unlinked_messages_are_labelled_only_when_the_labeller_is_precise_on_the
     assert counts["label_check"]["linked_messages"] == 264
     unlinked = set(pd.read_csv(tmp_path / "data/raw/messages/unlinked.csv")["message"])
     assert not unlinked & {r["anchor"] for r in rows}
+
+
+@pytest.mark.parametrize("check_right, used", [(True, True), (False, False)])
+def test_a_message_naming_only_its_question_is_labelled_from_the_question(monkeypatch, check_right, used):
+    """The labeller runs on the plain questions (messages 3 and 4 reached no passage), is checked on the questions
+    of the messages that did (1 and 2), and its labels are kept only when that check is precise enough."""
+    from pipeline.data import messages as module
+
+    frame = pd.DataFrame({"message": ["m1", "m2", "m3", "m4"], "question": ["q1", "q2", "q3", "q4"],
+                          "where": [f"f:{i}" for i in range(1, 5)]})
+    positive = pd.Series(["answer one", "answer two", None, None], dtype=object)
+    has_question = pd.Series([True] * 4)
+    targets = {"faq/1": "answer one", "faq/2": "answer two", "faq/3": "answer three"}
+    seen = []
+
+    def labeller(texts, passages, model, margin, batch_size):
+        seen.append(texts)
+        checked = ["answer one", "answer two"] if check_right else ["answer two", "answer three"]
+        return ["answer three", None, *checked]
+
+    monkeypatch.setattr(module, "agreed_labels", labeller)
+    cfg = {"batch_size": 8, "label_margin": 0.03, "min_labels": 1, "min_label_precision": 0.7}
+    labels, counts = module.question_labels(frame, positive, has_question, targets, None, cfg)
+    assert seen == [["q3", "q4", "q1", "q2"]]  # the questions, not the messages
+    assert counts["precision"] == (1.0 if check_right else 0.0) and counts["labelled"] == 1
+    assert labels.to_dict() == ({2: "answer three", 3: None} if used else {2: None, 3: None})
+    assert counts["used"] == (1 if used else 0)

@@ -97,6 +97,35 @@ def agreed_labels(messages: list[str], passages: list[str], model, margin: float
             else None for d, b in zip(dense, lexical)]
 
 
+def question_labels(messages: pd.DataFrame, positive: pd.Series, has_question: pd.Series, targets: dict, model,
+                    cfg: dict) -> tuple[pd.Series, dict]:
+    """The passage of each message that names its plain question but reached no passage, labelled from that question
+    by agreed_labels: a plain question is the query the labeller is precise on, where the message itself (long,
+    personal, several asks) is not. Measured first on the questions of the messages that did reach a passage;
+    below prepare.messages.min_label_precision (or fewer than min_labels labelled) no label is kept.
+
+    Why: most logged messages name the question they ask (a support agent's summary, a search's reformulation), few
+    the passage that answered; (message, question) pairs teach that the two mean the same, but only (message,
+    passage) pairs teach what users are judged on, the passage."""
+    batch, margin = int(cfg["batch_size"]), float(cfg["label_margin"])
+    todo, checked = has_question & positive.isna(), has_question & positive.notna()
+    passages = list(dict.fromkeys(targets.values()))
+    labels = agreed_labels(messages.loc[todo, "question"].tolist() + messages.loc[checked, "question"].tolist(),
+                           passages, model, margin, batch)
+    own, check = labels[: int(todo.sum())], labels[int(todo.sum()):]
+    kept = [(lab, truth) for lab, truth in zip(check, positive[checked]) if lab is not None]
+    precision = float(np.mean([normalize(a) == normalize(b) for a, b in kept])) if kept else None
+    labelled = sum(lab is not None for lab in own)
+    counts = {"questions": int(todo.sum()), "labelled": labelled, "check_labelled": len(kept),
+              "check_questions": int(checked.sum()), "precision": None if precision is None else round(precision, 4)}
+    usable = labelled >= int(cfg["min_labels"]) and precision is not None and precision >= float(cfg["min_label_precision"])
+    log.info("messages' questions: %d of %d labelled; on %d questions of linked messages %d labelled, precision %s%s",
+             labelled, counts["questions"], counts["check_questions"], len(kept), counts["precision"],
+             "" if usable else ": not used (prepare.messages.min_labels, min_label_precision)")
+    counts["used"] = labelled if usable else 0
+    return pd.Series(own if usable else [None] * len(own), index=messages.index[todo], dtype=object), counts
+
+
 def repeats(messages: list[str], held_out: list[str], threshold: float) -> np.ndarray:
     """Messages whose words overlap a held-out question's at `threshold` Jaccard or more: a held-out question asked
     again. Word sets as sparse rows, so the overlap of every pair is one sparse product."""
@@ -132,14 +161,20 @@ def message_pairs(messages: pd.DataFrame, sections: list[dict], faq: pd.DataFram
                                             model, float(cfg["question_link_cosine"]), batch),
                              index=messages.index[has_question & positive.isna()], dtype=object)
     positive = positive.fillna(via_question)
+    by_label = pd.Series(dtype=object)
+    if cfg.get("label_questions"):
+        by_label, counts_q = question_labels(messages, positive, has_question, targets, model, cfg)
     linked = positive.notna() | has_question
-    rows = [{"query": m.message, "positive": p, "where": m.where, "kind": "message"}
-            for m, p in zip(messages.itertuples(), positive) if isinstance(p, str)]
+    rows = [{"query": m.message, "positive": p, "where": m.where, "kind": kind}
+            for series, kind in ((positive, "message"), (by_label, "message_label"))
+            for m, p in zip(messages.loc[series.index].itertuples(), series) if isinstance(p, str)]
     if cfg["question_pairs"]:
         rows += [{"query": m.message, "positive": m.question, "where": m.where, "kind": "message_question"}
                  for m in messages[has_question].itertuples()]
     counts = {"linked": int(linked.sum()), "linked_to_a_passage": int(positive.notna().sum()),
               "linked_through_the_question": int(via_question.notna().sum()), "unlinked": int((~linked).sum())}
+    if cfg.get("label_questions"):
+        counts["question_labels"] = counts_q
 
     # unlinked: label where the evidence agrees, measured first on the linked messages with their links hidden
     unlinked = messages.loc[~linked, "message"].tolist()
