@@ -90,8 +90,8 @@ def main() -> None:
         results[processes] = r = train(work, processes)
         print(f"{processes} process(es) done: {r['wall']:.0f} s", flush=True)
 
-    print(f"\n| processes | device | batch per process | steps | wall time (s) | training (s) | pairs/s "
-          f"| val NDCG@10 | val_users NDCG@10 |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| processes | device | batch per process | steps | wall time (s) | training (s) | pairs/s "
+          "| val NDCG@10 | val_users NDCG@10 |\n|---|---|---|---|---|---|---|---|---|")
     for processes, r in results.items():
         print(f"| {processes} | {r['device']} {r['precision']} | {args.batch // processes} | {r['steps']} "
               f"| {r['wall']:.0f} | {r['train_minutes'] * 60:.0f} | {r['pairs_per_second']:.1f} "

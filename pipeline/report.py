@@ -68,22 +68,29 @@ def plot_score_distributions(pairs: dict[str, pd.DataFrame], path: Path) -> None
 
 
 def plot_training_curves(live_dir: Path, path: Path) -> None:
-    """Training loss and validation NDCG@10 per step, read from the dvclive logs of the train stage."""
+    """Training loss, and per validation check the NDCG@10 of each validation set and their mean, the score that
+    chose the checkpoint kept (read from the dvclive logs of the train stage)."""
     metrics = live_dir / "plots" / "metrics"
     fig, ax = plt.subplots(figsize=(7, 4))
-    loss_file, ndcg_file = metrics / "loss.tsv", metrics / "eval" / "val_cosine_ndcg@10.tsv"
+    loss_file = metrics / "loss.tsv"
     if loss_file.exists():
         loss = pd.read_csv(loss_file, sep="\t")
         ax.plot(loss["step"], loss["loss"], color="tab:blue", label="training loss")
     ax.set(xlabel="step", ylabel="training loss")
-    if ndcg_file.exists():
-        ndcg = pd.read_csv(ndcg_file, sep="\t")
+    curves = [(metrics / "eval" / f"{name}.tsv", label, style) for name, label, style in (
+        ("val_cosine_ndcg@10", "FAQ-style validation NDCG@10", "tab:green"),
+        ("val_users_cosine_ndcg@10", "users' validation NDCG@10", "tab:orange"),
+        ("sequential_score", "their mean: chooses the checkpoint", "black"))]
+    if any(f.exists() for f, _, _ in curves):
         ax2 = ax.twinx()
-        ax2.plot(ndcg["step"], ndcg.iloc[:, -1], color="tab:green", marker="o", label="validation NDCG@10")
+        for file, label, color in curves:
+            if file.exists():
+                values = pd.read_csv(file, sep="\t")
+                ax2.plot(values["step"], values.iloc[:, -1], color=color, marker="o", label=label)
         ax2.set_ylabel("validation NDCG@10")
-        ax2.legend(loc="upper right")
+        ax2.legend(loc="upper right", fontsize=8)
     ax.legend(loc="upper left")
-    ax.set_title("Training: loss and validation NDCG@10")
+    ax.set_title("Training: loss and validation")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -127,11 +134,16 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
     lines += [f"- Warning: {w}." for w in serve["warnings"]]
     if "no_match" in metrics:
         nm = metrics["no_match"]
-        lines.append(f"- \"No good match\" when the top cosine is below {nm['threshold']:.3f} (set on validation for "
-                     f"{cfg['no_match_precision']:.0%} precision on the users' questions): on the users' test sets with the "
-                     f"documents answering each question taken out, {nm['test_recall']:.0%} of questions are flagged, "
-                     f"at {nm['test_precision']:.0%} precision; {nm['test_false_flags']:.0%} of answerable ones are "
-                     "flagged too.")
+        share = f"when {nm['unanswerable_share']:.0%} of the questions asked have no answer in the index"
+        if nm["threshold"] is None:
+            lines.append(f"- \"No good match\" is never flagged: no threshold is right {cfg['no_match_precision']:.0%} "
+                         f"of the time on the users' validation questions {share}.")
+        else:
+            precision = "no flag" if nm["test_precision"] is None else f"{nm['test_precision']:.0%} precision"
+            lines.append(f"- \"No good match\" when the top cosine is below {nm['threshold']:.3f} (set on validation "
+                         f"for {cfg['no_match_precision']:.0%} precision {share}): on the users' test sets with each "
+                         f"question's topic taken out of the index, {nm['test_recall']:.0%} of questions are flagged, at "
+                         f"{precision}; {nm['test_false_flags']:.0%} of answerable ones are flagged too.")
     small = [n for n, size in sizes.items() if size < 50]
     if small:
         lines.append(f"- Small test sets ({', '.join(f'{n}: {sizes[n]}' for n in small)} questions): their intervals "

@@ -70,11 +70,12 @@ def bm25_index(texts: list[str]):
 
 
 def bm25_run(corpus: dict[str, str], queries: dict[str, str], depth: int) -> Run:
-    """BM25 top `depth` per query."""
+    """BM25 top `depth` per query, hits only: bm25s fills its k with passages scoring 0 (no word in common), which
+    would otherwise enter the hybrid's fusion with a rank and a share of the score."""
     doc_ids = list(corpus)
     retriever = bm25_index(list(corpus.values()))
     docs, scores = retriever.retrieve(bm25_tokens(queries.values()), k=min(depth, len(doc_ids)), show_progress=False)
-    return {qid: {doc_ids[d]: float(s) for d, s in zip(ds, ss)} for qid, ds, ss in zip(queries, docs, scores)}
+    return {qid: {doc_ids[d]: float(s) for d, s in zip(ds, ss) if s > 0} for qid, ds, ss in zip(queries, docs, scores)}
 
 
 def rrf(runs: list[Run], k: int, depth: int) -> Run:

@@ -61,3 +61,15 @@ def test_several_gpus_encode_a_large_set_at_the_precision_asked(monkeypatch):
     assert model.seen == {"devices": ["cuda:0", "cuda:1"], "autocast": False}
     encode(model, texts[:10], 16, "bf16")  # a small set: one device, autocast, as ever
     assert model.seen == {"devices": None, "autocast": True}
+
+
+def test_ivf_recall_is_measured_on_the_questions_given():
+    """Passages as their own queries sit at the centre of their cell and flatter IVF; the recall recorded is measured
+    on validation questions when the index stage has them (faiss' knn_intersection_measure)."""
+    vectors = random_unit_vectors(3000)
+    questions = random_unit_vectors(200 + 3000)[3000:]  # other points than the passages
+    _, on_passages = build_index(vectors, {"approximate_above": 1000, "ivf_nlist": 16, "nprobe": 2})
+    _, on_questions = build_index(vectors, {"approximate_above": 1000, "ivf_nlist": 16, "nprobe": 2}, questions)
+    assert on_questions["recall_measured_on"] == "200 validation questions"
+    assert on_passages["recall_measured_on"] == "1000 passages as queries"
+    assert 0.0 < on_questions["recall@10_vs_exact"] < 1.0

@@ -101,3 +101,23 @@ def test_questions_sharing_a_topic_are_resampled_together():
     width = lambda t: t["ci_high"] - t["ci_low"]
     assert width(by_topic) > 3 * width(by_question)
     assert by_topic["p_value"] > by_question["p_value"]
+
+
+def test_bm25_keeps_only_passages_sharing_a_word_with_the_query():
+    """bm25s fills its k with zero-score passages; those are no hits and must not enter the hybrid's fusion."""
+    from pipeline.retrieval import bm25_run
+
+    corpus = {"a": "parvovirus in puppies", "b": "feline diabetes and insulin", "c": "horse hoof care"}
+    run = bm25_run(corpus, {"q": "parvovirus vaccine for puppies"}, depth=3)
+    assert list(run["q"]) == ["a"] and run["q"]["a"] > 0
+
+
+def test_ndcg_with_graded_judgements_by_hand():
+    """Grades count as gains (trec_eval: gain = grade, discount log2(rank + 1)): a 2 found below a 1 scores less
+    than the ideal order, and a grade-1 passage alone is not a perfect score when a 2 exists."""
+    run = {"q": {"d1": 0.9, "d2": 0.8, "d3": 0.7}}
+    qrels = {"q": {"d1": 1, "d3": 2}}
+    got = per_query_metrics(run, qrels, CFG).loc["q", "ndcg@10"]
+    dcg = 1 / math.log2(2) + 2 / math.log2(4)
+    ideal = 2 / math.log2(2) + 1 / math.log2(3)
+    assert got == pytest.approx(dcg / ideal, abs=1e-4)

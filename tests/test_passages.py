@@ -12,7 +12,7 @@ from pipeline.data.kb import markdown_sections
 from pipeline.data.readers import passage_text, write_beir
 from pipeline.eval.heldout import found_sections, scored_set
 from pipeline.eval.metrics import per_query_metrics
-from pipeline.eval.no_match import no_match_samples, no_match_threshold
+from pipeline.eval.no_match import flag_rates, no_match_samples, no_match_threshold
 from pipeline.params import InputError
 
 CFG = {"mrr_k": 10, "ndcg_k": 10, "map_k": 10, "recall_k": [1, 5], "depth": 10}
@@ -118,14 +118,32 @@ def test_a_set_judging_served_sections_is_scored_on_the_served_passages(tmp_path
         scored_set(tmp_path / "edited", served)
 
 
-def test_no_match_threshold_meets_its_precision_on_known_scores():
+def test_no_match_threshold_meets_its_precision_at_the_stated_share_on_known_scores():
     answered = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     unanswered = np.array([0.55, 0.45, 0.4, 0.3, 0.2])
-    t = no_match_threshold(answered, unanswered, precision=0.8)
-    # flagged below t: 0.2 0.3 0.4 0.45 0.5 0.55 -> 5 of 6 right (0.83); one more (0.6) would drop to 5/7
+    # one unanswerable question per answerable one: below t in (0.55, 0.6) flags all 5 unanswerable and 1 answerable
+    # (0.5): 5 of 6 right (0.83); a cut above 0.6 drops to 5/7
+    t = no_match_threshold(answered, unanswered, precision=0.8, share=0.5)
     assert 0.55 < t < 0.6
-    assert no_match_threshold(answered, np.array([0.95]), precision=0.9) == 0.0  # never reached: never flag
-    run = {"q1": {"kb/a#1": 0.9, "kb/a#2": 0.8, "kb/b#1": 0.4}}
-    got = no_match_samples(run, {"q1": {"kb/a#1": 1}})
-    assert list(got[0]) == [0.9] and list(got[1]) == [0.4]  # all of document a taken out, not just the judged section
+    assert flag_rates(answered, unanswered, t, 0.5) == {"precision": 0.8333, "recall": 1.0, "false_flags": 0.2}
+    # one in five unanswerable: that cut is right 0.2 * 1.0 / (0.2 * 1.0 + 0.8 * 0.2) = 56% of the time; the highest
+    # cut reaching 80% flags no answerable question: under 0.5, 4 of 5 unanswerable ones
+    t = no_match_threshold(answered, unanswered, precision=0.8, share=0.2)
+    assert 0.45 < t < 0.5 and flag_rates(answered, unanswered, t, 0.2)["precision"] == 1.0
+    # never reached: never flag, said as None (0.0 would read as a threshold no cosine is under)
+    assert no_match_threshold(answered, np.array([0.95]), precision=0.9, share=0.5) is None
+    assert flag_rates(answered, unanswered, None, 0.2) == {"precision": None, "recall": 0.0, "false_flags": 0.0}
     assert json.dumps(float(t))
+
+
+def test_no_match_takes_the_whole_topic_out_not_only_the_judged_documents():
+    run = {"q1": {"kb/a#1": 0.9, "kb/a#2": 0.8, "faq/7": 0.7, "faq/9": 0.6, "kb/c#1": 0.5, "kb/b#1": 0.4},
+           "q2": {"kb/a#2": 0.85, "faq/8": 0.5, "kb/b#1": 0.3}}
+    qrels = {"q1": {"kb/a#1": 1}, "q2": {"faq/8": 1}}
+    got = no_match_samples(run, qrels)  # no topics known: the judged documents only (q2 keeps kb/a, same topic)
+    assert list(got[0]) == [0.9, 0.85] and list(got[1]) == [0.7, 0.85]
+    # q1 and q2 share topic "a"; faq/8 (judged for q2) is in FAQ group "g", as faq/7 is: for either question the
+    # documents kb/a and faq/8 go, and so do topics a and g (faq/7); faq/9 (topic h) and kb/b stay
+    topics = {"kb/a#1": "a", "kb/a#2": "a", "faq/7": "g", "faq/8": "g", "faq/9": "h", "kb/c#1": "c", "kb/b#1": "b"}
+    got = no_match_samples(run, qrels, None, {"q1": "a", "q2": "a"}, topics)
+    assert list(got[0]) == [0.9, 0.85] and list(got[1]) == [0.6, 0.3]

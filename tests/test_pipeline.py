@@ -79,7 +79,12 @@ def test_outputs_and_metric_file_shape(repo):
             t = comp[m]
             assert set(t) == {"delta", "ci_low", "ci_high", "p_value"} and t["ci_low"] <= t["delta"] <= t["ci_high"]
     assert set(metrics["no_match"]) == {f"{split}_{k}" for split in ("val", "test")
-                                        for k in ("precision", "recall", "false_flags")} | {"threshold"}
+                                        for k in ("precision", "recall", "false_flags")} | {"threshold", "unanswerable_share"}
+    # every prepared set carries its topics: the intervals are clustered by them, the no-match calibration uses them
+    for name in ("test", "val", "val_users"):
+        queries = [json.loads(line) for line in (repo / f"data/prepared/{name}/queries.jsonl").read_text().splitlines()]
+        assert all(q.get("topic") for q in queries), name
+    assert all(p.get("topic") for p in map(json.loads, (repo / "data/passages.jsonl").read_text().splitlines()))
     stats = json.loads((repo / "reports/data_stats.json").read_text())
     assert stats["pairs"]["train"] == 48 and stats["pairs"]["test_queries"] > 0
     assert (repo / "models/finetuned/model.safetensors").is_file()
@@ -147,6 +152,28 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=reject)
 
 
+def served_int8_scores(repo: Path, name: str) -> dict:
+    """mrr@10 and ndcg@10 of the int8 export's query vectors against the passage vectors stored in the index, as
+    `search --backend onnx-int8` retrieves, scored as evaluate scores (evaluate.depth 50, as the fixture set it)."""
+    import faiss
+    import torch
+
+    from pipeline.eval.heldout import found_sections, scored_set
+    from pipeline.eval.metrics import per_query_metrics, summary
+    from pipeline.retrieval import top_k
+    from pipeline.serving.onnx_encoder import OnnxEncoder
+
+    index = faiss.read_index(str(repo / "models/index/dense.faiss"))
+    passages = [json.loads(line) for line in (repo / "models/index/passages.jsonl").read_text().splitlines()]
+    corpus, queries, qrels, section_of = scored_set(repo / "data/prepared/testsets" / name, passages)
+    assert section_of is not None and list(corpus) == [p["id"] for p in passages]  # scored on the served passages
+    q_emb = torch.from_numpy(OnnxEncoder(repo / "models/onnx/model_int8.onnx", 32).encode(list(queries.values())))
+    run = top_k(q_emb, torch.from_numpy(index.reconstruct_n(0, index.ntotal)), list(queries), list(corpus), 50)
+    cfg = {"mrr_k": 10, "ndcg_k": 10, "map_k": 50, "recall_k": [], "depth": 50}
+    scores = summary(per_query_metrics(found_sections(run, qrels, section_of), qrels, cfg), cfg)
+    return {k: scores[k] for k in ("mrr@10", "ndcg@10")}
+
+
 def test_search_and_compare_on_the_built_index(repo):
     out = run(["python", "-m", "pipeline.serving.search", "What are the symptoms of parvovirus?", "-k", "3", "--json"], repo)
     result = strict_json(out.stdout)
@@ -172,6 +199,17 @@ def test_search_and_compare_on_the_built_index(repo):
     assert export["onnx"]["ndcg_change_vs_torch"] == {"test": 0.0, "pet_owners": 0.0}
     assert set(export["onnx_int8"]) >= {"test", "pet_owners", "passages_per_second", "speedup_vs_torch"}
     assert json.loads((repo / "models/onnx/export.json").read_text())["sha256"] == info["index"]["model"]["sha256"]
+    # each backend is scored as search serves it: its queries against the vectors in the index PyTorch built. So
+    # torch is the served model's score in metrics.json, and int8 is int8 queries against the index's passages
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    served = json.loads((repo / "reports/serve.json").read_text())["model"]
+    for name, block in [("test", metrics), ("pet_owners", metrics["testsets"]["pet_owners"])]:
+        assert export["torch"][name] == {k: block[served][k] for k in ("mrr@10", "ndcg@10")}, name
+    assert set(export["setup"]["scored_on"]) == {"test", "pet_owners"} and export["setup"]["cpu"]
+    for backend, floor in [("torch", 0.9999), ("onnx", 0.9999), ("onnx_int8", 0.0)]:
+        agreement = export[backend]["agreement_with_index"]
+        assert floor <= agreement["min_cosine"] <= agreement["mean_cosine"] <= 1.0 + 1e-5, backend
+    assert export["onnx_int8"]["pet_owners"] == served_int8_scores(repo, "pet_owners")
     out = run(["python", "-m", "pipeline.serving.compare", "my cat drinks a lot of water", "-k", "2"], repo)
     assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
 

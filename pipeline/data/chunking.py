@@ -72,5 +72,5 @@ def cut(sections: list[dict], cfg: dict, tokenizer, max_seq_length: int) -> list
         for i, text in enumerate(chunks, start=1):
             passages.append({"id": section["id"] if len(chunks) == 1 else f"{section['id']}/{i}",
                              "section": section["id"], "title": section["title"], "heading": section["heading"],
-                             "text": text, "source": section["source"]})
+                             "text": text, "source": section["source"], "topic": section.get("topic")})
     return passages

@@ -24,7 +24,8 @@ def markdown_sections(path: Path) -> list[dict]:
         paras = [p for p in paras if p]
         if paras:
             sections.append({"id": f"kb/{path.stem}#{len(sections) + 1}", "title": title, "heading": heading or title,
-                             "text": " ".join(paras), "paragraphs": paras, "source": path.name})
+                             "text": " ".join(paras), "paragraphs": paras, "source": path.name,
+                             "topic": path.stem.lower()})
 
     for line in text.splitlines():
         if line.startswith("# "):
@@ -65,12 +66,22 @@ def read_kb(folder: str, key: str = "data.kb") -> list[dict]:
 
 
 def faq_answers(data: dict) -> list[dict]:
-    """Each FAQ answer, whole: `faq/<row>` (1-based data row; `faq/<file stem>/<row>` when there are several files)."""
+    """Each FAQ answer, whole: `faq/<row>` (1-based data row; `faq/<file stem>/<row>` when there are several files),
+    with its group (data.faq_columns.group) as its topic; a knowledge-base section's topic is its document's name.
+    A topic is what the "no good match" calibration takes out of the index whole (pipeline/eval/no_match.py)."""
     cols, files = data["faq_columns"], data.get("faq") or []
+    optional = {"group": cols["group"]} if cols.get("group") else {}
     out = []
     for f in files:
         prefix = "faq/" if len(files) == 1 else f"faq/{Path(f).stem}/"
-        df = read_records(f, {"question": cols["question"], "answer": cols["answer"]}, key="data.faq")
+        df = read_records(f, {"question": cols["question"], "answer": cols["answer"]}, optional, key="data.faq")
+        groups = df["group"] if "group" in df else [None] * len(df)
         out += [{"id": f"{prefix}{row}", "section": f"{prefix}{row}", "title": "", "heading": "", "text": r.answer,
-                 "source": r.where, "question": r.question} for row, r in enumerate(df.itertuples(), start=1)]
+                 "source": r.where, "question": r.question, "topic": topic_key(group)}
+                for row, (r, group) in enumerate(zip(df.itertuples(), groups), start=1)]
     return out
+
+
+def topic_key(value) -> str | None:
+    """A topic as compared across sources: a FAQ group, a document's name, a test query's `topic`."""
+    return None if value is None or value != value else str(value).strip().lower() or None  # NaN != NaN

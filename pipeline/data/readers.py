@@ -161,9 +161,9 @@ def read_beir(folder: str | Path, key: str | None = None) -> tuple[dict[str, str
     return corpus, queries, qrels
 
 
-def read_topics(folder: str | Path) -> pd.Series | None:
-    """queries.jsonl's optional `topic` field (query id -> topic), or None when no query has one."""
-    df = read_records(repo_path(folder) / "queries.jsonl", {"id": "_id"}, {"topic": "topic"})
+def read_topics(folder: str | Path, file: str = "queries.jsonl") -> pd.Series | None:
+    """A BEIR file's optional `topic` field (id -> topic), or None when no record has one."""
+    df = read_records(repo_path(folder) / file, {"id": "_id"}, {"topic": "topic"})
     return df.set_index("id")["topic"].dropna() if "topic" in df else None
 
 
@@ -174,14 +174,15 @@ def beir_passage_texts(folder: str | Path) -> dict[str, str]:
     return dict(zip(df["id"], df["text"]))
 
 
-def write_beir(folder: Path, corpus: dict, queries: dict, qrels: dict) -> None:
+def write_beir(folder: Path, corpus: dict, queries: dict, qrels: dict, topics: dict | None = None) -> None:
+    """A BEIR folder; `topics` (id -> topic, for queries and passages alike) adds the optional `topic` field that
+    evaluation clusters its intervals by and the "no good match" calibration takes out whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"_id": list(corpus), "title": "", "text": list(corpus.values())}).to_json(
-        folder / "corpus.jsonl", orient="records", lines=True, force_ascii=False
-    )
-    pd.DataFrame({"_id": list(queries), "text": list(queries.values())}).to_json(
-        folder / "queries.jsonl", orient="records", lines=True, force_ascii=False
-    )
+    for name, records, extra in (("corpus", corpus, {"title": ""}), ("queries", queries, {})):
+        frame = pd.DataFrame({"_id": list(records), **extra, "text": list(records.values())})
+        if topics:
+            frame["topic"] = [topics.get(i) for i in records]
+        frame.to_json(folder / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
     rows = [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
     pd.DataFrame(rows, columns=["query-id", "corpus-id", "score"]).to_csv(folder / "qrels.tsv", sep="\t", index=False)
 

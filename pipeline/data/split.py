@@ -10,6 +10,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.data.kb import topic_key
 from pipeline.data.messages import MESSAGE_KINDS
 from pipeline.data.readers import beir_passage_texts, normalize
 
@@ -165,6 +166,8 @@ def beir_from_pairs(eval_pairs: pd.DataFrame, distractors: list[str], max_corpus
 
 def leakage_guard(train: pd.DataFrame, held_out_queries: list[str], model, threshold: float, batch_size: int):
     """Training rows whose question is (near) a held-out question: same normalised text, or base cosine >= threshold."""
+    from sentence_transformers.util import semantic_search
+
     held_norm = {normalize(q) for q in held_out_queries}
     exact = train["q_norm"].isin(held_norm).to_numpy()
     near = np.zeros(len(train), dtype=bool)
@@ -173,5 +176,22 @@ def leakage_guard(train: pd.DataFrame, held_out_queries: list[str], model, thres
                                  convert_to_tensor=True, show_progress_bar=True)
         emb_held = model.encode(held_out_queries, batch_size=batch_size, normalize_embeddings=True,
                                 convert_to_tensor=True, show_progress_bar=True)
-        near = (emb_train @ emb_held.T).max(dim=1).values.cpu().numpy() >= threshold
+        # each training question's nearest held-out one, in chunks: a full train x held-out matrix is ~40 GB at
+        # 1M x 10k
+        hits = semantic_search(emb_train, emb_held, top_k=1)
+        near = np.array([h[0]["score"] >= threshold for h in hits], dtype=bool)
     return exact, near & ~exact
+
+
+def beir_topics(pairs: pd.DataFrame, corpus: dict, queries: dict, qrels: dict) -> dict:
+    """The topic of each passage and query of a held-out set made from `pairs` (its group: the FAQ's focus, or the
+    connected group's number where the FAQ has none), for write_beir. A query not among the pairs (a message written
+    from them) takes the topic of its most relevant passage."""
+    topic = [topic_key(g) or f"group {i}" for g, i in zip(pairs["group"], pairs["group_id"])]
+    by_text = dict(zip(pairs["positive"], topic)) | dict(zip(pairs["query"].map(normalize), topic))
+    out = {d: by_text.get(text) for d, text in corpus.items()}
+    for q, text in queries.items():
+        best = max(qrels.get(q, {}).items(), key=lambda x: x[1], default=(None, 0))[0]
+        out[q] = by_text.get(normalize(text)) or out.get(best)
+    return out
+

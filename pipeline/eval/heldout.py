@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.readers import beir_passage_texts, passage_text, read_beir
+from pipeline.data.kb import topic_key
+from pipeline.data.readers import beir_passage_texts, passage_text, read_beir, read_topics
 from pipeline.params import InputError
 from pipeline.retrieval import Run, ranked
 
@@ -71,3 +72,16 @@ def found_sections(run: Run, qrels: dict[str, dict[str, int]], section_of: dict[
             mapped[key] = scores[doc]
         out[qid] = mapped
     return out
+
+
+def set_topics(folder: Path, served: list[dict], section_of: dict | None) -> tuple[dict, dict]:
+    """A scored set's topics: query id -> topic (queries.jsonl's `topic`), and passage id -> topic (the served
+    passages' own, by chunk and by section, when the set is scored on them; else corpus.jsonl's). Missing: {}."""
+    def as_dict(series) -> dict:
+        return {} if series is None else {i: topic_key(t) for i, t in series.items() if topic_key(t)}
+
+    queries = as_dict(read_topics(folder))
+    if section_of is not None:
+        return queries, {k: topic_key(p.get("topic")) for p in served for k in (p["id"], p["section"])}
+    return queries, as_dict(read_topics(folder, "corpus.jsonl"))
+

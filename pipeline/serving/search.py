@@ -115,7 +115,9 @@ class Searcher:
         if self._bm25 is None:
             self._bm25 = bm25s.BM25.load(str(self.index_dir / "bm25"))
         docs, scores = self._bm25.retrieve(bm25_tokens(queries), k=depth, show_progress=False)
-        return {str(q): {str(d): float(s) for d, s in zip(ds, ss)} for q, ds, ss in zip(range(len(queries)), docs, scores)}
+        # a passage sharing no word with the query scores 0: not a hit, kept out of the fusion (as in evaluation)
+        return {str(q): {str(d): float(s) for d, s in zip(ds, ss) if s > 0}
+                for q, ds, ss in zip(range(len(queries)), docs, scores)}
 
     def search_batch(self, queries: list[str], k: int = 5, mode: str = "dense") -> list[dict]:
         self._check(queries, k, mode)

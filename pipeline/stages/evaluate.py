@@ -35,11 +35,11 @@ import pandas as pd
 from pipeline import report
 from pipeline.data.readers import read_topics
 from pipeline.eval.gate import serving_decision
-from pipeline.eval.heldout import found_sections, held_out_sets, scored_set
+from pipeline.eval.heldout import found_sections, held_out_sets, scored_set, set_topics
 from pipeline.eval.metrics import first_relevant_rank, pair_scores, per_query_metrics, reciprocal_rank_at_k, summary
 from pipeline.eval.no_match import calibrate_no_match
 from pipeline.eval.paired_test import paired_test
-from pipeline.files import atomic_dir, atomic_file, read_jsonl, write_json
+from pipeline.files import atomic_outputs, read_jsonl, write_json
 from pipeline.models import load_model, pick_precision
 from pipeline.params import load_params, run_main
 from pipeline.paths import (
@@ -79,7 +79,7 @@ def main() -> None:
         runs = {s: load_run(BASELINES / f"{name}_{s}.json") for s in ("base", "bm25")}
         runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision)
         runs["hybrid"] = rrf([runs["bm25"], runs["finetuned"]], int(cfg["rrf_k"]), depth)
-        raw[name] = (runs, qrels, section_of)
+        raw[name] = (runs, qrels, section_of, *set_topics(folder, served, section_of))
         pair_run = runs["finetuned"]
         runs = {s: found_sections(r, qrels, section_of) for s, r in runs.items()}
         scores[name] = {s: per_query_metrics(runs[s], qrels, cfg) for s in SYSTEMS}
@@ -109,12 +109,12 @@ def main() -> None:
         corpus, queries, qrels, section_of = scored_set(PREPARED / name, served)
         runs = {"base": load_run(BASELINES / f"{name}_base.json"),
                 "finetuned": dense_run(model, corpus, queries, depth, batch_size, precision)[0]}
-        raw[name] = (runs, qrels, section_of)
+        raw[name] = (runs, qrels, section_of, *set_topics(PREPARED / name, served, section_of))
         scores[name] = {s: per_query_metrics(found_sections(runs[s], qrels, section_of), qrels, cfg) for s in runs}
         metrics[f"base_{name}"], metrics[f"finetuned_{name}"] = (summary(scores[name][s], cfg) for s in ("base", "finetuned"))
     metrics["finetuned_val_users_vs_base_val_users"] = {
-        m: paired_test(scores["val_users"]["finetuned"][m], scores["val_users"]["base"][m], samples, seed)
-        for m in headline}
+        m: paired_test(scores["val_users"]["finetuned"][m], scores["val_users"]["base"][m], samples, seed,
+                       read_topics(PREPARED / "val_users")) for m in headline}
 
     # 3. Do no harm: which model the index serves (the base model when the fine-tuned one loses on a guard set)
     serve = serving_decision(metrics, list(cfg["guards"] or []), sizes, headline[1])
@@ -127,8 +127,8 @@ def main() -> None:
     # reported on the users' test sets (data.testsets; the main test set when there are none)
     users_sets = [n for n in sizes if n != "test"] or ["test"]
     metrics["no_match"], serve["no_match"] = calibrate_no_match(
-        {n: (runs[serve["model"]], qrels, section_of) for n, (runs, qrels, section_of) in raw.items()},
-        users_sets, float(cfg["no_match_precision"]))
+        {n: (runs[serve["model"]], *rest) for n, (runs, *rest) in raw.items()},
+        users_sets, float(cfg["no_match_precision"]), float(cfg["no_match_unanswerable_share"]))
 
     # 5. Per-query evidence, plots and the report, written together: a failure leaves the previous ones
     per_query = pd.concat(tables, ignore_index=True)
@@ -140,8 +140,9 @@ def main() -> None:
     stats = json.loads(DATA_STATS.read_text(encoding="utf-8"))
     chosen = TRAIN_LOGS / "metrics.json"  # the merge weight validation chose (absent for a model trained elsewhere)
     stats["selection"] = json.loads(chosen.read_text(encoding="utf-8")) if chosen.is_file() else {}
-    with atomic_dir(PLOTS) as plots, atomic_file(PER_QUERY) as per_query_tmp, atomic_file(REPORT) as report_tmp, \
-            atomic_file(METRICS) as metrics_tmp, atomic_file(SERVE) as serve_tmp:
+    with atomic_outputs(PLOTS, PER_QUERY, REPORT, METRICS, SERVE) as (plots, per_query_tmp, report_tmp, metrics_tmp,
+                                                                       serve_tmp):
+        plots.mkdir()
         curves.to_csv(plots / "recall_at_k.csv", index=False)
         report.plot_recall_curve(curves, plots / "recall_at_k.png")
         report.plot_rank_change(test_rows, depth, plots / "rank_change.png")

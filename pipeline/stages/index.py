@@ -7,7 +7,8 @@ training reads, and DVC keeps it, as it keeps the baselines.
 Reads   params: model.base, encode.*, index.*, evaluate.rrf_k and evaluate.depth (the hybrid, as evaluated)
         files:  data/passages.jsonl (the passages evaluation scored, cut by the passages stage), models/finetuned/
                 and reports/serve.json (finetuned: evaluate's decision, the base model when the fine-tuned one lost
-                on a guard set, and the "no good match" threshold calibrated for the served model)
+                on a guard set, and the "no good match" threshold calibrated for the served model),
+                data/prepared/{val,val_users}/queries.jsonl (an approximate index's recall is measured on them)
 Writes  models/index/        (finetuned) or models/index_base/ (base):
             passages.jsonl   one passage a line, as in data/passages.jsonl
             dense.faiss      inner product of unit vectors (= cosine): exact, or IVF above index.approximate_above
@@ -29,11 +30,11 @@ import time
 
 import faiss
 
-from pipeline.data.readers import passage_text
+from pipeline.data.readers import passage_text, read_beir
 from pipeline.files import atomic_dir, read_jsonl, write_json
 from pipeline.models import load_model, local_model_path, pick_precision
 from pipeline.params import load_params, require_tracked, run_main
-from pipeline.paths import FINETUNED, INDEX_DIRS, PASSAGES, SERVE
+from pipeline.paths import FINETUNED, INDEX_DIRS, PASSAGES, PREPARED, SERVE
 from pipeline.retrieval import bm25_index, encode
 from pipeline.serving.index_files import build_index, model_identity
 
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         vectors = encode(model, texts, int(enc["batch_size"]), precision).cpu().numpy()
         encode_seconds = time.perf_counter() - start
-        index, kind = build_index(vectors, cfg)
+        questions = None  # an approximate index's recall is measured on the validation questions, encoded as served
+        if len(vectors) > int(cfg["approximate_above"]):
+            texts = [q for name in ("val", "val_users") for q in read_beir(PREPARED / name)[1].values()]
+            questions = encode(model, texts, int(enc["batch_size"]), precision).cpu().numpy()
+        index, kind = build_index(vectors, cfg, questions)
         faiss.write_index(index, str(out / "dense.faiss"))
         bm25_index(texts).save(str(out / "bm25"))
         (out / "passages.jsonl").write_text(PASSAGES.read_text(encoding="utf-8"), encoding="utf-8")

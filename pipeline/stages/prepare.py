@@ -29,10 +29,11 @@ import pandas as pd
 from pipeline.data.kb import read_kb
 from pipeline.data.messages import MESSAGE_KINDS, message_pairs, read_messages, repeats
 from pipeline.data.negatives import add_hard_negatives
-from pipeline.data.readers import read_beir, write_beir
+from pipeline.data.readers import read_beir, read_topics, write_beir
 from pipeline.data.sources import expand_glossary, held_documents, kb_training_pairs, read_beir_pairs, read_faq
 from pipeline.data.split import (
     beir_from_pairs,
+    beir_topics,
     connected_groups,
     deduplicate,
     held_out_groups,
@@ -42,7 +43,7 @@ from pipeline.data.split import (
     split_topics,
 )
 from pipeline.data.user_questions import rewrite_anchors, user_style_validation
-from pipeline.files import atomic_dir, write_json
+from pipeline.files import atomic_outputs, write_json
 from pipeline.models import load_model, local_model_path
 from pipeline.params import InputError, load_params, repo_path, require_tracked, run_main
 from pipeline.paths import DATA_STATS, PREPARED
@@ -168,9 +169,11 @@ def main() -> None:
 
     # 5. Validation questions as users write them: the user's own, or messages made from the validation pairs
     if val_questions:
-        users = held_sets[val_questions]
+        users, given = held_sets[val_questions], read_topics(val_questions)
+        users_topics = None if given is None else given.to_dict()
     else:
         users = (val_corpus, *user_style_validation(val, val_queries, val_qrels, cfg["user_questions"], seed))
+        users_topics = beir_topics(pairs, *users)
 
     stats["pairs"] = {"train": len(tuples), "train_from_kb_sections": int(train["kind"].isin(KB_KINDS).sum()),
                       "train_by_source": {k: int(v) for k, v in train["kind"].value_counts().items()},
@@ -178,18 +181,20 @@ def main() -> None:
                       "val_users_queries": len(users[1]), "val_users_source": val_questions or "generated",
                       "test_queries": len(test_queries), "test_corpus": len(test_corpus)}
     stats["groups"] = {s: int(pairs.loc[pairs["split"] == s, "group_id"].nunique()) for s in ("train", "val", "test")}
-    with atomic_dir(PREPARED) as tmp:
+    with atomic_outputs(PREPARED, DATA_STATS) as (tmp, stats_tmp):  # the stats describe this data/prepared
+        tmp.mkdir()
         tuples.to_json(tmp / "train.jsonl", orient="records", lines=True, force_ascii=False)
-        write_beir(tmp / "val", val_corpus, val_queries, val_qrels)
-        write_beir(tmp / "val_users", *users)
-        write_beir(tmp / "test", test_corpus, test_queries, test_qrels)
+        write_beir(tmp / "val", val_corpus, val_queries, val_qrels, beir_topics(pairs, val_corpus, val_queries, val_qrels))
+        write_beir(tmp / "val_users", *users, users_topics)
+        write_beir(tmp / "test", test_corpus, test_queries, test_qrels,
+                   None if external_test else beir_topics(pairs, test_corpus, test_queries, test_qrels))
         (tmp / "testsets").mkdir()
         for name, folder in testsets.items():  # copied as they are: titles and query topics kept
             (tmp / "testsets" / name).mkdir()
             for file in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
                 shutil.copy(repo_path(folder) / file, tmp / "testsets" / name / file)
             stats["pairs"][f"testset_{name}_queries"] = len(held_sets[folder][1])
-    write_json(DATA_STATS, stats)
+        write_json(stats_tmp, stats)
     log.info("wrote %s (train %d tuples, val %d queries, test %d queries, %d named test sets) and %s",
              PREPARED, len(tuples), len(val_queries), len(test_queries), len(testsets), DATA_STATS)
 

@@ -16,7 +16,8 @@ def dvclive_callback(live):
         def on_log(self, args, state, control, logs=None, **kwargs):
             live.step = state.global_step
             for key, value in (logs or {}).items():
-                if key in ("loss", "grad_norm", "learning_rate") or key.startswith("eval_val_"):
+                # eval_sequential_score: the mean of the two validation sets, the score the kept checkpoint won on
+                if key in ("loss", "grad_norm", "learning_rate", "eval_sequential_score") or key.startswith("eval_val_"):
                     live.log_metric(key.replace("eval_", "eval/", 1), value)
             live.make_summary()
 
