@@ -38,7 +38,7 @@ CONSUMER = ROOT.parent / "shared" / "bench" / "consumer_questions"  # real users
 MESSAGES = ROOT.parent / "shared" / "bench" / "user_messages" / "pairs.jsonl"  # real users' messages: may be trained on
 MESSAGE_COLUMNS = {"linked": {"message": "message", "question": "question"},  # each message with the question it asks
                    "unlinked": {"message": "message"}}                       # the same messages as a bare query log
-STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base"]
+STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base", "export"]
 # Runs one stage and reports the peak resident memory of the processes it waited for (the stage's python).
 STAGE_WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(['dvc', 'repro', '-s', sys.argv[1]]); "
