@@ -2,8 +2,8 @@
 
     python bench/chunking.py [--model bench/out/final/models/finetuned] [--precision bf16]
 
-The knowledge base is MedQuAD's test corpus (../shared/bench/medquad/test/corpus.jsonl, 5,000 answers: 38% are
-longer than 128 tokens and the encoder reads only their start); the questions are its 401 held-out test questions,
+The knowledge base is MedQuAD's test corpus (../shared/bench/medquad/test/corpus.jsonl, 5,000 answers: 3,423 (68%)
+are longer than 128 tokens and the encoder reads only their start); the questions are its 401 held-out test questions,
 whose answers live in it. Each strategy is cut by pipeline/data/chunking.py exactly as the passages stage cuts, scored
 as evaluate scores the served passages (a judged answer is found where a chunk of it is retrieved), for the base
 model and the fine-tuned one (the MedQuAD run of bench/run_medquad.py: `--name final`). The bundled data's table
