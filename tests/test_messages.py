@@ -149,3 +149,15 @@ def test_a_message_naming_only_its_question_is_labelled_from_the_question(monkey
     assert counts["precision"] == (1.0 if check_right else 0.0) and counts["labelled"] == 1
     assert labels.to_dict() == ({2: "answer three", 3: None} if used else {2: None, 3: None})
     assert counts["used"] == (1 if used else 0)
+
+
+def test_messages_repeat_raises_their_share_and_nothing_else():
+    from pipeline.data.messages import oversample
+
+    train = pd.DataFrame({"query": ["faq q", "msg", "msg q", "label"], "positive": ["a", "b", "c", "d"],
+                          "kind": ["faq", "message", "message_question", "message_label"]})
+    assert oversample(train, 1).equals(train)
+    three = oversample(train, 3)
+    assert three["kind"].value_counts().to_dict() == {"message": 3, "message_question": 3, "message_label": 3, "faq": 1}
+    with pytest.raises(InputError, match="prepare.messages.repeat 0"):
+        oversample(train, 0)

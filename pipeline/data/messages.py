@@ -207,3 +207,16 @@ def message_pairs(messages: pd.DataFrame, sections: list[dict], faq: pd.DataFram
     stats["messages"] = counts
     pairs = pd.DataFrame(rows, columns=["query", "positive", "where", "kind"])
     return pairs.assign(group=pairs["positive"].map({s["text"]: kb_document(s) for s in sections}))
+
+
+def oversample(train: pd.DataFrame, times: int) -> pd.DataFrame:
+    """The training pairs of users' messages `times` over (prepare.messages.repeat), the rest once.
+
+    A deployment's messages are few beside its FAQ (MedQuAD: 1,017 against 13,969 pairs, 7%), and at that share the
+    FAQ's wording is most of what a batch teaches; repeating them raises their share without dropping FAQ pairs.
+    The grouped sampler keeps a text from meeting itself in one batch (pipeline/training/sampler.py)."""
+    if times < 1:
+        raise InputError(f"params.yaml: prepare.messages.repeat {times!r} is not a whole number >= 1")
+    messages = train[train["kind"].isin(MESSAGE_KINDS)]
+    return pd.concat([train] + [messages] * (times - 1), ignore_index=True) if times > 1 else train
+

@@ -27,7 +27,7 @@ import shutil
 import pandas as pd
 
 from pipeline.data.kb import read_kb
-from pipeline.data.messages import MESSAGE_KINDS, message_pairs, read_messages, repeats
+from pipeline.data.messages import MESSAGE_KINDS, message_pairs, oversample, read_messages, repeats
 from pipeline.data.negatives import add_hard_negatives
 from pipeline.data.readers import read_beir, read_topics, write_beir
 from pipeline.data.sources import expand_glossary, held_documents, kb_training_pairs, read_beir_pairs, read_faq
@@ -157,6 +157,7 @@ def main() -> None:
     train = train[~(exact | near)].reset_index(drop=True)
     if cfg.get("max_train_pairs"):
         train = train.sample(min(len(train), int(cfg["max_train_pairs"])), random_state=seed).reset_index(drop=True)
+    train = oversample(train, int(cfg["messages"]["repeat"]))
     if train.empty:
         raise InputError("no training pairs left after splitting and the leakage guard")
 
