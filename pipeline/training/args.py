@@ -78,6 +78,8 @@ def training_arguments(cfg: dict, sampler, batches: int, output_dir, precision: 
     steps = batches * float(cfg["epochs"])
     if int(cfg["max_steps"]) > 0:
         steps = min(steps, int(cfg["max_steps"]))
+    # counted here rather than passed as a fraction (transformers reads eval_steps < 1 as a share of the steps): with
+    # train.evaluations 1 the share would be 1.0, which it reads as "every step", and logging_steps needs the count
     eval_steps = max(1, math.ceil(steps / max(1, int(cfg["evaluations"]))))
     return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
