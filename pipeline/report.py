@@ -139,11 +139,12 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
             lines.append(f"- \"No good match\" is never flagged: no threshold is right {cfg['no_match_precision']:.0%} "
                          f"of the time on the users' validation questions {share}.")
         else:
-            precision = "no flag" if nm["test_precision"] is None else f"{nm['test_precision']:.0%} precision"
+            flagged = ("none of them is flagged" if nm["test_precision"] is None else
+                       f"{nm['test_recall']:.0%} of them are flagged, at {nm['test_precision']:.0%} precision")
             lines.append(f"- \"No good match\" when the top cosine is below {nm['threshold']:.3f} (set on validation "
                          f"for {cfg['no_match_precision']:.0%} precision {share}): on the users' test sets with each "
-                         f"question's topic taken out of the index, {nm['test_recall']:.0%} of questions are flagged, at "
-                         f"{precision}; {nm['test_false_flags']:.0%} of answerable ones are flagged too.")
+                         f"question's topic taken out of the index, {flagged}; {nm['test_false_flags']:.0%} of "
+                         "answerable questions are flagged.")
     small = [n for n, size in sizes.items() if size < 50]
     if small:
         lines.append(f"- Small test sets ({', '.join(f'{n}: {sizes[n]}' for n in small)} questions): their intervals "
