@@ -155,9 +155,9 @@ def main() -> None:
         log.info("leakage guard dropped %d training pairs (%d exact, %d near-duplicate questions)",
                  (exact | near).sum(), exact.sum(), near.sum())
     train = train[~(exact | near)].reset_index(drop=True)
-    if cfg.get("max_train_pairs"):
-        train = train.sample(min(len(train), int(cfg["max_train_pairs"])), random_state=seed).reset_index(drop=True)
     train = oversample(train, int(cfg["messages"]["repeat"]))
+    if cfg.get("max_train_pairs"):  # the cap bounds what is trained on, repeats included
+        train = train.sample(min(len(train), int(cfg["max_train_pairs"])), random_state=seed).reset_index(drop=True)
     if train.empty:
         raise InputError("no training pairs left after splitting and the leakage guard")
 
