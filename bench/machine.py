@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
+
+from pipeline.stages.export import cpu_model as cpu_name  # one reader of /proc/cpuinfo: the one export.json uses
 
 
 def cpu_model() -> str:
     """The CPU model and the cores this process may use, e.g. "AMD EPYC, 2 cores"."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores"
