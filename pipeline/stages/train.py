@@ -5,6 +5,9 @@ Writes  models/finetuned/         the fine-tuned model (safetensors): the checkp
                                   merged with the base model at the weight whose smaller validation gain is largest
         reports/train/            dvclive logs: loss and validation metrics per step, metrics.json summary
                                   (both written aside and moved into place together when training succeeded)
+        .checkpoints/train/<key>/ while it runs: checkpoints, named by a hash of the inputs; a run killed mid-way
+                                  resumes from the last one when re-run on the same inputs, to the same weights
+                                  (pipeline/training/resume.py); removed when training succeeded
 
 The validation score is the mean NDCG@10 of the FAQ-style and the users' validation sets (pipeline/training/validation.py).
 
@@ -33,7 +36,7 @@ from pipeline.files import atomic_outputs, read_jsonl
 from pipeline.models import load_model, local_model_path, pick_precision
 from pipeline.params import InputError, load_params, require_tracked, run_main
 from pipeline.paths import FINETUNED, PREPARED, TRAIN_LOGS
-from pipeline.training import distributed
+from pipeline.training import distributed, resume
 from pipeline.training.args import batch_sampler, set_dropout, steps_per_epoch, training_arguments
 from pipeline.training.callbacks import dvclive_callback
 from pipeline.training.losses import build_loss
@@ -79,19 +82,24 @@ def main() -> None:
     log.info("%d training rows, columns %s, loss %s", len(train_dataset), train_dataset.column_names, cfg["loss"])
     sampler = batch_sampler(cfg, train_rows, world)
 
-    # 4. Training arguments; one checkpoint folder for all processes: rank 0 saves, every one loads the best back
+    # 4. Training arguments; one checkpoint folder for all processes, named by the inputs: rank 0 saves, every one
+    # loads the best back, and a re-run on the same inputs resumes from the last checkpoint a kill left
     batch_size = int(cfg["batch_size"])
     batches = steps_per_epoch(sampler, train_dataset, batch_size, world, int(cfg["seed"]))
     if world > 1:
         log.info("%d processes, batch %d each: %d pairs a step, %d steps an epoch", world, batch_size,
                  world * batch_size, batches)
     precision = pick_precision(cfg["precision"], "train.precision")
-    checkpoints = distributed.shared_tempdir(rank, world, prefix="checkpoints-")
-    args = training_arguments(cfg, sampler, batches, checkpoints, precision, model.device.type)
+    settings = {"train": cfg, "model.base": base, "precision": precision, "processes": world,
+                "device": model.device.type}
+    key = resume.inputs_key(settings, base, [PREPARED / "train.jsonl", *(PREPARED / n for n in VALIDATION_SETS)])
+    checkpoints, last = resume.checkpoint_folder(key, rank, world)
+    args = training_arguments(cfg, sampler, batches, checkpoints, precision, model.device.type, resumed=bool(last))
 
-    # dvclive writes aside (beside the checkpoints), moved into place with the model at the end: a failed run leaves
-    # the previous reports/train and models/finetuned as they were, never new logs beside an old model. Rank 0 only.
-    live_tmp = checkpoints / "dvclive"
+    # dvclive writes aside, moved into place with the model at the end: a failed run leaves the previous
+    # reports/train and models/finetuned as they were, never new logs beside an old model. Rank 0 only. A resumed
+    # run writes the log its checkpoint restores again (pipeline/training/callbacks.py).
+    live_tmp = distributed.shared_tempdir(rank, world, prefix="dvclive-")
     live = Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None) if rank == 0 else None
     with live or contextlib.nullcontext():
         if live:
@@ -102,8 +110,12 @@ def main() -> None:
         )
         # 5-6. Evaluate before (eval_on_start) and train: every check is logged to dvclive
         start = time.perf_counter()
-        trainer.train()
+        if last:
+            trainer.train(resume_from_checkpoint=str(last))
+        else:
+            trainer.train()
         train_seconds = time.perf_counter() - start
+        steps_here = trainer.state.global_step - (resume.step(last) if last else 0)  # this run's, for the speed
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
         kept = kept_evaluation(trainer.state.log_history, trainer.state.best_global_step) or history[-1]
 
@@ -137,7 +149,7 @@ def main() -> None:
             "best_step": int(kept.get("step", 0)),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
-            "pairs_per_second": round(trainer.state.global_step * batch_size * world / train_seconds, 2),
+            "pairs_per_second": round(steps_here * batch_size * world / train_seconds, 2),
             "device": str(model.device.type),
             "processes": world,
             "precision": precision,
@@ -152,7 +164,8 @@ def main() -> None:
         with atomic_outputs(TRAIN_LOGS, FINETUNED) as (live_out, tmp):
             model.save_pretrained(str(tmp), safe_serialization=True)
             shutil.copytree(live_tmp, live_out)
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(live_tmp, ignore_errors=True)
+        resume.remove(checkpoints)
         log.info("wrote %s and %s", FINETUNED, TRAIN_LOGS)
     distributed.finish(world)
 

@@ -71,8 +71,18 @@ def steps_per_epoch(sampler, dataset, batch_size: int, world: int, seed: int) ->
     return batches
 
 
-def training_arguments(cfg: dict, sampler, batches: int, output_dir, precision: str, device_type: str):
-    """The trainer's arguments: `train.evaluations` checks spread over the steps, the best checkpoint kept."""
+def logging_steps(eval_steps: int) -> int:
+    """Log the loss about 4 times a check (at most every 50 steps), at a step count that divides the checks': a
+    checkpoint (saved at each check) then falls on a logging step, so a run resumed from it logs the same losses
+    as an uninterrupted one (the trainer keeps no loss summed since the last log in a checkpoint)."""
+    target = max(1, min(50, eval_steps // 4))
+    return max(d for d in range(1, target + 1) if eval_steps % d == 0)
+
+
+def training_arguments(cfg: dict, sampler, batches: int, output_dir, precision: str, device_type: str,
+                       resumed: bool = False):
+    """The trainer's arguments: `train.evaluations` checks spread over the steps, the best checkpoint kept, each
+    checkpoint whole (optimizer, scheduler, RNG states) so that a killed run resumes from it (resume.py)."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     steps = batches * float(cfg["epochs"])
@@ -93,14 +103,13 @@ def training_arguments(cfg: dict, sampler, batches: int, output_dir, precision: 
         batch_sampler=sampler,
         eval_strategy="steps",
         eval_steps=eval_steps,
-        eval_on_start=True,
+        eval_on_start=not resumed,  # a resumed run has the step-0 check in the log its checkpoint restores
         save_strategy="steps",
         save_steps=eval_steps,
         save_total_limit=1,
-        save_only_model=True,
         load_best_model_at_end=True,
         metric_for_best_model=f"eval_{BEST_METRIC}",
-        logging_steps=max(1, min(50, eval_steps // 4)),
+        logging_steps=logging_steps(eval_steps),
         report_to="none",
         seed=int(cfg["seed"]),
         data_seed=int(cfg["seed"]),

@@ -47,12 +47,17 @@ def start() -> tuple[int, int]:
     return rank, world
 
 
+def from_rank_0(value, world: int):
+    """Rank 0's value, on every process (what rank 0 alone decided or made)."""
+    box = [value]
+    if world > 1:
+        torch.distributed.broadcast_object_list(box)
+    return box[0]
+
+
 def shared_tempdir(rank: int, world: int, prefix: str) -> Path:
     """One temporary folder for every process: rank 0 makes it, the others are told where it is."""
-    folder = [tempfile.mkdtemp(prefix=prefix) if rank == 0 else None]
-    if world > 1:
-        torch.distributed.broadcast_object_list(folder)
-    return Path(folder[0])
+    return Path(from_rank_0(tempfile.mkdtemp(prefix=prefix) if rank == 0 else None, world))
 
 
 def validate(evaluator, model) -> dict:
