@@ -112,13 +112,16 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
     """The top of the report: one verdict per held-out set, what the index serves, and what limits the evidence."""
     m = f"ndcg@{cfg['ndcg_k']}"
     lines = []
+    evidence = metrics.get("evidence", {})
     for name, block in held_out_blocks(metrics).items():
         t = block["finetuned_vs_base"][m]
         word = verdict(t)
         text = {"better": "better than", "worse": "**worse than**", "no significant difference": "no different from"}[word]
+        thin = evidence.get(name, {})
         lines.append(f"- **{name}** ({sizes[name]} questions): fine-tuned {text} the base model, {m} "
                      f"{block['base'][m]:.4f} → {block['finetuned'][m]:.4f}, {t['delta']:+.4f} "
-                     f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]")
+                     f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]"
+                     + (f" — **thin evidence**: {thin['why']}; this interval means little" if thin.get("thin") else ""))
     chosen = stats.get("selection", {})
     if "merge_alpha" in chosen:
         users = chosen.get("merge_val_users_ndcg@10", {})
@@ -145,10 +148,6 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
                          f"for {cfg['no_match_precision']:.0%} precision {share}): on the users' test sets with each "
                          f"question's topic taken out of the index, {flagged}; {nm['test_false_flags']:.0%} of "
                          "answerable questions are flagged.")
-    small = [n for n, size in sizes.items() if size < 50]
-    if small:
-        lines.append(f"- Small test sets ({', '.join(f'{n}: {sizes[n]}' for n in small)} questions): their intervals "
-                     "are wide, and a real gain of a few points may not show as significant.")
     by_source = stats.get("pairs", {}).get("train_by_source", {})
     total = sum(by_source.values())
     if total and max(by_source.values()) > 0.8 * total:
@@ -159,14 +158,16 @@ def headline_lines(metrics: dict, stats: dict, sizes: dict[str, int], serve: dic
 
 
 def markdown(metrics: dict, per_query: pd.DataFrame, best_first: dict, corpus: dict, qrels: dict, cfg: dict,
-             plots: str, stats: dict, sizes: dict[str, int], serve: dict) -> str:
+             plots: str, stats: dict, sizes: dict[str, int], serve: dict, changed: list[str] = ()) -> str:
     keys = list(metrics["base"])
     headline = [f"mrr@{cfg['mrr_k']}", f"ndcg@{cfg['ndcg_k']}"]
     rr = f"rr@{cfg['mrr_k']}"
-    lines = ["# Retrieval report", "", *headline_lines(metrics, stats, sizes, serve, cfg), "",
-             f"## Main test set: {len(per_query)} held-out questions, {len(corpus)} passages", "",
-             "Higher is better everywhere.", "",
-             "| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines = ["# Retrieval report", "", *headline_lines(metrics, stats, sizes, serve, cfg), ""]
+    if changed:  # pipeline/eval/changes.py
+        lines += ["## Since the last committed run", "", *changed, ""]
+    lines += [f"## Main test set: {len(per_query)} held-out questions, {len(corpus)} passages", "",
+              "Higher is better everywhere.", "",
+              "| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name in ["base", "finetuned", "bm25", "hybrid"]:
         lines.append(f"| {LABELS[name]} | " + " | ".join(f"{metrics[name][k]:.4f}" for k in keys) + " |")
     for name, block in metrics.get("testsets", {}).items():
@@ -187,6 +188,13 @@ def markdown(metrics: dict, per_query: pd.DataFrame, best_first: dict, corpus: d
             t = block[m]
             lines.append(f"| {set_name} | {comp.replace('_vs_', ' vs ')} | {m} | {t['delta']:+.4f} | "
                          f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}] | {t['p_value']:.4f} |")
+    lines += ["", "How much each set can say: the questions it has, the topics the interval resamples, and the "
+              f"interval's width ({headline[1]}, fine-tuned vs base). Under {cfg['thin_questions']} questions or "
+              f"{cfg['thin_topics']} topics a set is thin evidence: its interval is computed but means little.", "",
+              "| set | questions | topics | interval width | thin evidence |", "|---|---|---|---|---|"]
+    for name, e in metrics.get("evidence", {}).items():
+        lines.append(f"| {name} | {e['questions']} | {e['topics']} | {e['ci_width']:.4f} | "
+                     f"{'**yes**: ' + e['why'] if e['thin'] else 'no'} |")
     lines += ["", "## Validation: FAQ-style and as users write", "",
               "The checkpoint and the merge weight were chosen on these two sets (the mean of their NDCG@10), so "
               "they are not a test; the held-out sets above are.", "",

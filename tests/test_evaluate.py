@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -84,7 +85,8 @@ def test_a_failure_leaves_every_previous_output(evaluate_project, monkeypatch):
     assert sorted({line.split(",")[0] for line in per_query[1:]}) == ["test", "users"]  # every held-out set
     report_text = (root / "reports/report.md").read_text()
     assert report_text.startswith("# Retrieval report\n\n- **test** (4 questions): fine-tuned")
-    assert "- **users** (4 questions)" in report_text and "guard set users has 4 judged questions" in report_text
+    assert "- **users** (4 questions)" in report_text and "— **thin evidence**: 4 questions (fewer than 30)" in report_text
+    assert "guard set users is thin evidence, 4 questions (fewer than 30)" in report_text  # the decision rests on it
     assert json.loads((root / "reports/serve.json").read_text())["guards"] == ["users"]
     assert (root / "reports/plots/training_curves.png").is_file()
 
@@ -98,15 +100,37 @@ def test_a_significant_loss_on_a_guard_set_serves_the_base_model():
 
     metrics = {**comparison(0.1, 0.05, 0.15), "testsets": {"real": comparison(-0.09, -0.12, -0.06),
                                                             "other": comparison(-0.2, -0.3, -0.1)}}
-    sizes = {"test": 100, "real": 60, "other": 10}
-    decision = serving_decision(metrics, ["real"], sizes, "ndcg@10")
+    evidence = {"test": {"thin": False}, "real": {"thin": False},
+                "other": {"thin": True, "why": "10 questions (fewer than 30)"}}
+    decision = serving_decision(metrics, ["real"], evidence, "ndcg@10")
     assert decision["model"] == "base"
     assert decision["reason"] == "worse than the base model on real: ndcg@10 -0.0900 [-0.1200, -0.0600]"
-    assert decision["warnings"] == []
+    assert decision["warnings"] == [] and decision["thin_evidence"] == []
     # a loss whose interval includes zero is no reason; a set that is not a guard is not asked
     metrics["testsets"]["real"] = comparison(-0.03, -0.07, 0.01)
-    assert serving_decision(metrics, ["real", "test"], sizes, "ndcg@10")["model"] == "finetuned"
-    # a guard set too small to guard anything says so
-    assert "fewer than 20" in serving_decision(metrics, ["other"], sizes, "ndcg@10")["warnings"][0]
+    assert serving_decision(metrics, ["real", "test"], evidence, "ndcg@10")["model"] == "finetuned"
+    # a guard set that is thin evidence: the decision says it rests on it
+    thin = serving_decision(metrics, ["other"], evidence, "ndcg@10")
+    assert thin["thin_evidence"] == ["other"]
+    assert thin["warnings"][0].startswith("guard set other is thin evidence, 10 questions (fewer than 30)")
     with pytest.raises(InputError, match="evaluate.guards names"):
-        serving_decision(metrics, ["missing"], sizes, "ndcg@10")
+        serving_decision(metrics, ["missing"], evidence, "ndcg@10")
+
+
+def test_thin_evidence_counts_the_topics_the_interval_resamples():
+    from pipeline.eval.evidence import set_evidence
+
+    cfg = {"thin_questions": 30, "thin_topics": 10}
+    interval = {"delta": 0.03, "ci_low": 0.008, "ci_high": 0.073}
+    qrels = {f"q{i}": {"d": 1} for i in range(7)}
+    topics = pd.Series({f"q{i}": f"t{i % 3}" for i in range(7)})  # 7 questions on 3 topics
+    e = set_evidence(qrels, topics, interval, cfg)
+    assert e == {"questions": 7, "topics": 3, "ci_width": 0.065, "thin": True,
+                 "why": "7 questions (fewer than 30) and 3 topics (fewer than 10; the interval resamples whole topics)"}
+    many = {f"q{i}": {"d": 1} for i in range(40)}
+    assert set_evidence(many, None, interval, cfg)["thin"] is False  # no topics: each question is its own unit
+    few_topics = set_evidence(many, pd.Series({f"q{i}": f"t{i % 4}" for i in range(40)}), interval, cfg)
+    assert few_topics["thin"] and few_topics["topics"] == 4 and few_topics["why"].startswith("4 topics")
+    # a question without a topic is a unit of its own, as the cluster bootstrap counts it
+    partial = pd.Series({f"q{i}": "t" for i in range(30)})
+    assert set_evidence(many, partial, interval, cfg)["topics"] == 11

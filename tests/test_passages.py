@@ -56,6 +56,23 @@ def test_token_windows_fit_the_encoder_and_overlap_by_the_setting(tokenizer):
         assert text[a2 - 1] == " " and (b1 == len(text) or text[b1] in " .")  # cut between words
 
 
+def test_inputs_far_past_the_window_are_counted_with_the_parameter_that_handles_them(tokenizer, caplog):
+    from pipeline.stages.passages import warn_long_inputs
+
+    short = {"id": "kb/short#1", "text": "A short section."}
+    answer = {"id": "faq/3", "text": "word " * 3000}
+    with caplog.at_level("WARNING", logger="pipeline.passages"):
+        warn_long_inputs([long_section(), short], [answer], tokenizer, 500, 128, "section")
+    sections, answers = [r.getMessage() for r in caplog.records]
+    assert sections.startswith("1 knowledge-base sections are longer than 500 tokens (kb/parvo#2)")
+    assert "passages.strategy paragraph or window" in sections
+    assert answers.startswith("1 FAQ answers are longer than 500 tokens (faq/3)")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.passages"):  # a strategy that cuts them: only the answer left
+        warn_long_inputs([long_section()], [], tokenizer, 500, 128, "window")
+    assert caplog.records == []
+
+
 def test_paragraph_pieces_fit_and_lose_no_text(tokenizer):
     section = long_section()
     count = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
@@ -113,8 +130,8 @@ def test_a_set_judging_served_sections_is_scored_on_the_served_passages(tmp_path
     # a judged id the index serves with other text (edited since the judging) is an error naming both, not a silent
     # fall back to the set's stale copy
     write_beir(tmp_path / "edited", {"faq/1": "a different answer"}, {"q": "question"}, {"q": {"faq/1": 1}})
-    with pytest.raises(InputError, match=r"edited/qrels.tsv judges faq/1, which the index now serves with other text: "
-                                         r"served 'an answer'…, judged 'a different answer'…"):
+    with pytest.raises(InputError, match=r"edited/qrels.tsv judges faq/1, which the index now serves with other text "
+                                         r"\(from character 1: served 'an answer'…, judged 'a different answer'…\)"):
         scored_set(tmp_path / "edited", served)
 
 

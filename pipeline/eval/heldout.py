@@ -4,6 +4,7 @@ over chunks read as a run over the judged sections.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.data.kb import topic_key
@@ -34,16 +35,23 @@ def scored_set(folder: Path, served: list[dict]):
     for p in served:
         chunks.setdefault(p["section"], []).append(p["text"])
     texts = beir_passage_texts(folder) if served else {}
+    built = folder / "testset.json"  # a set pipeline.testset built against the served passages: every one must be
+    rebuild = json.loads(built.read_text(encoding="utf-8"))["built_with"] if built.is_file() else None
+    fix = (f"check the judgements of its questions, then rebuild the set: `{rebuild}`" if rebuild else
+           f"copy the served text into {folder}/corpus.jsonl and check the judgements of")
 
     def served_id(doc: str) -> str | None:
         for s in (doc, f"kb/{doc}"):
             if s in chunks and all(c in texts[doc] for c in chunks[s]):
                 return s
             if s == doc and s in chunks:  # the set names a served passage by its own id, and it is served changed
-                raise InputError(
-                    f"{folder}/qrels.tsv judges {doc}, which the index now serves with other text: served "
-                    f"{chunks[s][0][:90]!r}…, judged {texts[doc][:90]!r}…. The passage changed after the set was "
-                    f"judged: copy the served text into {folder}/corpus.jsonl and check the judgements of {doc}")
+                change = changed(" ".join(chunks[s]), texts[doc])
+                raise InputError(f"{folder}/qrels.tsv judges {doc}, which the index now serves with other text "
+                                 f"({change}). The passage changed after the set was judged: "
+                                 + (fix if rebuild else f"{fix} {doc}"))
+        if rebuild and served:
+            raise InputError(f"{folder}/qrels.tsv judges {doc}, which the index no longer serves (the section or FAQ "
+                             f"answer was removed or renamed): {fix}")
         return None
 
     judged = {d for rel in qrels.values() for d in rel}
@@ -53,6 +61,14 @@ def scored_set(folder: Path, served: list[dict]):
         qrels = {q: {mapping[d]: g for d, g in rel.items()} for q, rel in qrels.items()}
         return corpus, queries, qrels, {p["id"]: p["section"] for p in served}
     return corpus, queries, qrels, None
+
+
+def changed(served: str, judged: str) -> str:
+    """Where two versions of a passage first differ, in a few words each side."""
+    at = next((i for i, (a, b) in enumerate(zip(served, judged)) if a != b), min(len(served), len(judged)))
+    start = max(0, at - 30)
+    return (f"from character {at}: served {'…' if start else ''}{served[start:at + 50]!r}…, "
+            f"judged {'…' if start else ''}{judged[start:at + 50]!r}…")
 
 
 def found_sections(run: Run, qrels: dict[str, dict[str, int]], section_of: dict[str, str] | None) -> Run:

@@ -11,7 +11,7 @@ Every cut stays inside one section, so a chunk overlaps exactly one section: the
 (`kb/<stem>#<n>`). A test set's relevant section counts as found where a chunk of it is retrieved.
 
 Reads   params: data.kb, data.faq, data.faq_columns, model.base (its tokenizer counts tokens), passages.*,
-                encode.max_seq_length
+                encode.max_seq_length (inputs past passages.warn_above_tokens get a warning with their count)
         files:  data.kb documents, data.faq answers
 Writes  data/passages.jsonl   one passage a line: id, section, title, heading, text, source
 
@@ -33,6 +33,26 @@ from pipeline.paths import PASSAGES
 log = logging.getLogger("pipeline.passages")
 
 
+def warn_long_inputs(sections: list[dict], answers: list[dict], tokenizer, limit: int, max_seq_length: int,
+                     strategy: str) -> None:
+    """Say how many inputs are far past the encoder's window (a 1 MB answer pasted by mistake, a whole manual in
+    one section) and which parameter handles them: silently cutting them at max_seq_length hides that most of
+    their text is never searched."""
+    def too_long(items: list[dict]) -> list[str]:
+        lengths = tokenizer([p["text"] for p in items], add_special_tokens=False)["input_ids"] if items else []
+        return [p["id"] for p, ids in zip(items, lengths) if len(ids) > limit]
+
+    long_sections, long_answers = too_long(sections), too_long(answers)
+    if long_sections and strategy == "section":
+        log.warning("%d knowledge-base sections are longer than %d tokens (%s): the encoder reads their first %d; "
+                    "passages.strategy paragraph or window cuts them into passages it reads whole",
+                    len(long_sections), limit, ", ".join(long_sections[:5]), max_seq_length)
+    if long_answers:
+        log.warning("%d FAQ answers are longer than %d tokens (%s): they are served whole and the encoder reads "
+                    "their first %d; split them in the FAQ, or move them to data.kb where passages.strategy cuts "
+                    "them", len(long_answers), limit, ", ".join(long_answers[:5]), max_seq_length)
+
+
 def main() -> None:
     from transformers import AutoTokenizer
 
@@ -44,9 +64,10 @@ def main() -> None:
     require_tracked("passages", {"data.kb": data["kb"], "model.base": local_model_path(base),
                                  "data.faq": data.get("faq") if cfg["include_faq_answers"] else None})
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
-    passages = cut(read_kb(data["kb"]), cfg, tokenizer, max_seq_length)
-    if cfg["include_faq_answers"]:
-        passages += faq_answers(data)
+    sections = read_kb(data["kb"])
+    answers = faq_answers(data) if cfg["include_faq_answers"] else []
+    warn_long_inputs(sections, answers, tokenizer, int(cfg["warn_above_tokens"]), max_seq_length, cfg["strategy"])
+    passages = cut(sections, cfg, tokenizer, max_seq_length) + answers
     unique = list({p["text"]: p for p in reversed(passages)}.values())[::-1]  # one passage per text, the first
     with atomic_file(PASSAGES) as tmp:
         tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in unique), encoding="utf-8")

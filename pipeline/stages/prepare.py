@@ -192,8 +192,9 @@ def main() -> None:
         (tmp / "testsets").mkdir()
         for name, folder in testsets.items():  # copied as they are: titles and query topics kept
             (tmp / "testsets" / name).mkdir()
-            for file in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
-                shutil.copy(repo_path(folder) / file, tmp / "testsets" / name / file)
+            for file in ("corpus.jsonl", "queries.jsonl", "qrels.tsv", "testset.json"):  # testset.json: how
+                if file != "testset.json" or (repo_path(folder) / file).is_file():   # pipeline.testset built it
+                    shutil.copy(repo_path(folder) / file, tmp / "testsets" / name / file)
             stats["pairs"][f"testset_{name}_queries"] = len(held_sets[folder][1])
         write_json(stats_tmp, stats)
     log.info("wrote %s (train %d tuples, val %d queries, test %d queries, %d named test sets) and %s",
