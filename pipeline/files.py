@@ -44,11 +44,28 @@ def atomic_outputs(*targets: str | Path):
         missing = [str(p) for folder, p in zip(staging, paths) if not os.path.lexists(folder / p.name)]
         if missing:  # checked before any rename: a half set of new outputs is never swapped in
             raise FileNotFoundError(f"the stage made no {', '.join(missing)}")
+        for folder, p in zip(staging, paths):
+            _umask_modes(folder / p.name)
         _swap_all([(folder / p.name, p, folder / f"{p.name}.old") for folder, p in zip(staging, paths)], kept)
     finally:
         for folder in staging:
             if folder not in kept:
                 shutil.rmtree(folder, ignore_errors=True)  # unlinks links inside, never follows them
+
+
+def _umask_modes(output: Path) -> None:
+    """The modes a plain mkdir or open gives, on everything the block made: a library that writes through a
+    temporary file and a rename (transformers' model.safetensors) leaves it 0o600, unreadable to a service running
+    as another user. Execute bits are kept on files that have them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [output, *(output.rglob("*") if _is_dir(output) else [])]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(0o777 & ~mask)
+        else:
+            path.chmod((0o777 if path.stat().st_mode & 0o111 else 0o666) & ~mask)
 
 
 def _swap_all(swaps: list[tuple[Path, Path, Path]], kept: set[Path]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,11 @@ def test_outputs_get_the_modes_the_umask_gives(tmp_path, umask, mask, dir_mode, 
     with atomic_file(tmp_path / "reports/serve.json") as tmp:
         tmp.write_text("{}")
     write_json(tmp_path / "reports/metrics.json", {"a": 1})
+    with atomic_dir(tmp_path / "models/finetuned") as out:  # a library writing through mkstemp and a rename, as
+        fd, name = tempfile.mkstemp(dir=out)                # transformers saves model.safetensors: 0o600
+        os.close(fd)
+        os.replace(name, out / "model.safetensors")
+    assert mode(tmp_path / "models/finetuned/model.safetensors") == file_mode
     assert mode(tmp_path / "models/index") == dir_mode
     assert mode(tmp_path / "models/index/info.json") == file_mode
     assert mode(tmp_path / "reports/serve.json") == file_mode
