@@ -19,3 +19,4 @@ SERVE = Path("reports/serve.json")          # evaluate: which model the index se
 INDEX_DIRS = {"finetuned": Path("models/index"), "base": Path("models/index_base")}  # index, index_base
 ONNX_DIR = Path("models/onnx")              # export
 EXPORT_REPORT = Path("reports/export.json")
+EMBEDDINGS = Path(".cache/embeddings")      # encode once: vectors by model and texts (pipeline/embeddings.py); no out

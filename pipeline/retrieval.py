@@ -45,10 +45,12 @@ def top_k(q_emb, c_emb, query_ids: list[str], doc_ids: list[str], depth: int) ->
 
 
 def dense_run(model, corpus: dict[str, str], queries: dict[str, str], depth: int, batch_size: int,
-              precision: str = "fp32"):
-    """Encode corpus and queries, retrieve; the embeddings come back too for reuse and pair statistics."""
-    c_emb = encode(model, list(corpus.values()), batch_size, precision)
-    q_emb = encode(model, list(queries.values()), batch_size, precision)
+              precision: str = "fp32", encoder=None):
+    """Encode corpus and queries, retrieve; the embeddings come back too for reuse and pair statistics. `encoder`:
+    encode (the default) or a stage's pipeline.embeddings.encode_cached, with encode's arguments."""
+    encoder = encoder or encode
+    c_emb = encoder(model, list(corpus.values()), batch_size, precision)
+    q_emb = encoder(model, list(queries.values()), batch_size, precision)
     return top_k(q_emb, c_emb, list(queries), list(corpus), depth), q_emb, c_emb
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline.data.readers import normalize, read_records
 from pipeline.data.sources import kb_document
+from pipeline.embeddings import encode_cached
 from pipeline.params import InputError
 from pipeline.retrieval import bm25_index, bm25_tokens, encode
 
@@ -91,7 +92,8 @@ def agreed_labels(messages: list[str], passages: list[str], model, margin: float
 
     if not messages or len(passages) < 2:
         return [None] * len(messages)
-    dense = semantic_search(encode(model, messages, batch_size), encode(model, passages, batch_size), top_k=2)
+    # the passages through the cache: labelling the questions and then the unlinked messages search the same ones
+    dense = semantic_search(encode(model, messages, batch_size), encode_cached(model, passages, batch_size), top_k=2)
     lexical, _ = bm25_index(passages).retrieve(bm25_tokens(messages), k=1, show_progress=False)
     return [passages[d[0]["corpus_id"]] if d[0]["corpus_id"] == int(b[0]) and d[0]["score"] - d[1]["score"] >= margin
             else None for d, b in zip(dense, lexical)]

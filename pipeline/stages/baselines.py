@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from pipeline.embeddings import encode_cached
 from pipeline.eval.heldout import held_out_sets, scored_set
 from pipeline.eval.metrics import pair_scores
 from pipeline.files import atomic_dir, read_jsonl
@@ -43,7 +44,7 @@ def main() -> None:
             corpus, queries, qrels, section_of = scored_set(folder, served)
             log.info("%s: %d queries, %d passages%s", name, len(queries), len(corpus),
                      " (the served passages)" if section_of else "")
-            run, q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision)
+            run, q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision, encode_cached)
             save_run(out / f"{name}_base.json", run)
             if name.startswith("val"):  # the validation sets: FAQ-style, and as users write; no BM25 needed
                 continue

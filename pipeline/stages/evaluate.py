@@ -12,13 +12,18 @@ Writes  reports/metrics.json     the main test set (the FAQ split or data.testse
                                  "base_val", "finetuned_val", "base_val_users", "finetuned_val_users" and
                                    "finetuned_val_users_vs_base_val_users": the validation sets that chose the model;
                                  "no_match": the served model's "no good match" threshold, calibrated on validation
-                                   (evaluate.no_match_precision), with its precision and recall there and on test
+                                   (evaluate.no_match_precision), with its precision and recall there and on test;
+                                 "evidence": per held-out and validation set, its questions, topics, the width of
+                                   its NDCG interval, and whether that is thin evidence (evaluate.thin_questions,
+                                   evaluate.thin_topics): the report and the log say so next to the figure
         reports/per_query.csv    every query of every held-out set: rank of its first relevant passage and
                                  reciprocal rank @k per system
                                  (rr@{mrr_k}_<system>: 0 below rank mrr_k, so each column averages to mrr@{mrr_k})
         reports/plots/           recall@k curve (CSV for `dvc plots`, PNG), rank change, score distributions,
                                  training curves (PNG)
-        reports/report.md        the one page to show a colleague: a verdict per held-out set first
+        reports/report.md        the one page to show a colleague: a verdict per held-out set first; when the
+                                 served model, the merge weight or the training precision differs from the last
+                                 committed run (git HEAD), what changed and the figures that decided it
         reports/serve.json       which model the index serves: the base model when the fine-tuned one is
                                  significantly worse on a guard set (evaluate.guards), and why; its no-match threshold
 
@@ -34,7 +39,10 @@ import pandas as pd
 
 from pipeline import report
 from pipeline.data.readers import read_topics
-from pipeline.eval.gate import serving_decision
+from pipeline.embeddings import encode_cached
+from pipeline.eval.changes import changes, committed
+from pipeline.eval.evidence import set_evidence
+from pipeline.eval.gate import held_out_blocks, serving_decision
 from pipeline.eval.heldout import found_sections, held_out_sets, scored_set, set_topics
 from pipeline.eval.metrics import first_relevant_rank, pair_scores, per_query_metrics, reciprocal_rank_at_k, summary
 from pipeline.eval.no_match import calibrate_no_match
@@ -72,12 +80,13 @@ def main() -> None:
     # 1. Every held-out set (the main test set, then data.testsets): fine-tuned run, the baselines' runs, the hybrid;
     # a set judging the served sections is retrieved from the served chunks and scored per section (scored_set)
     metrics: dict = {}
-    tables, scores, main, sizes, raw = [], {}, {}, {}, {}
+    tables, scores, main, sizes, raw, evidence = [], {}, {}, {}, {}, {}
     for name, folder in held_out_sets(PREPARED).items():
         corpus, queries, qrels, section_of = scored_set(folder, served)
         sizes[name] = len(qrels)
         runs = {s: load_run(BASELINES / f"{name}_{s}.json") for s in ("base", "bm25")}
-        runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision)
+        runs["finetuned"], q_emb, c_emb = dense_run(model, corpus, queries, depth, batch_size, precision,
+                                                     encode_cached)
         runs["hybrid"] = rrf([runs["bm25"], runs["finetuned"]], int(cfg["rrf_k"]), depth)
         raw[name] = (runs, qrels, section_of, *set_topics(folder, served, section_of))
         pair_run = runs["finetuned"]
@@ -88,6 +97,7 @@ def main() -> None:
         for other in ["base", "bm25"] if name == "test" else ["base"]:
             block[f"finetuned_vs_{other}"] = {m: paired_test(scores[name]["finetuned"][m], scores[name][other][m],
                                                              samples, seed, topics) for m in headline}
+        evidence[name] = set_evidence(qrels, topics, block["finetuned_vs_base"][headline[1]], cfg)
         if name == "test":
             metrics.update(block)
             main = {"runs": runs, "corpus": corpus, "qrels": qrels, "pairs": {
@@ -108,16 +118,25 @@ def main() -> None:
     for name in ("val", "val_users"):
         corpus, queries, qrels, section_of = scored_set(PREPARED / name, served)
         runs = {"base": load_run(BASELINES / f"{name}_base.json"),
-                "finetuned": dense_run(model, corpus, queries, depth, batch_size, precision)[0]}
+                "finetuned": dense_run(model, corpus, queries, depth, batch_size, precision, encode_cached)[0]}
         raw[name] = (runs, qrels, section_of, *set_topics(PREPARED / name, served, section_of))
         scores[name] = {s: per_query_metrics(found_sections(runs[s], qrels, section_of), qrels, cfg) for s in runs}
         metrics[f"base_{name}"], metrics[f"finetuned_{name}"] = (summary(scores[name][s], cfg) for s in ("base", "finetuned"))
     metrics["finetuned_val_users_vs_base_val_users"] = {
         m: paired_test(scores["val_users"]["finetuned"][m], scores["val_users"]["base"][m], samples, seed,
                        read_topics(PREPARED / "val_users")) for m in headline}
+    for name in ("val", "val_users"):  # how much the choice of checkpoint and merge weight can be trusted
+        topics = read_topics(PREPARED / name)
+        evidence[name] = set_evidence(raw[name][1], topics, paired_test(
+            scores[name]["finetuned"][headline[1]], scores[name]["base"][headline[1]], samples, seed, topics), cfg)
+    metrics["evidence"] = evidence  # per set: questions, topics, interval width, thin or not (evaluate.thin_*)
+    for name, e in evidence.items():
+        if e["thin"]:
+            log.warning("%s is thin evidence, %s: its interval (width %.4f) means little", name, e["why"],
+                        e["ci_width"])
 
     # 3. Do no harm: which model the index serves (the base model when the fine-tuned one loses on a guard set)
-    serve = serving_decision(metrics, list(cfg["guards"] or []), sizes, headline[1])
+    serve = serving_decision(metrics, list(cfg["guards"] or []), evidence, headline[1], ("val", "val_users"))
     for warning in serve["warnings"]:
         log.warning("%s", warning)
     if serve["model"] == "base":
@@ -140,6 +159,16 @@ def main() -> None:
     stats = json.loads(DATA_STATS.read_text(encoding="utf-8"))
     chosen = TRAIN_LOGS / "metrics.json"  # the merge weight validation chose (absent for a model trained elsewhere)
     stats["selection"] = json.loads(chosen.read_text(encoding="utf-8")) if chosen.is_file() else {}
+    # 6. What changed since the last committed run (git HEAD), and the figures that decided it
+    before_metrics = committed(METRICS)
+    before_blocks = held_out_blocks(before_metrics) if before_metrics else {}
+    changed = changes({"selection": committed(chosen), "serve": committed(SERVE)},
+                      {"selection": stats["selection"], "serve": serve}, {
+                          n: (before_blocks[n], b) for n, b in held_out_blocks(metrics).items() if n in before_blocks},
+                      headline[1])
+    for line in changed:
+        if line.startswith("- "):
+            log.warning("since the committed run: %s", line[2:].replace("**", ""))
     with atomic_outputs(PLOTS, PER_QUERY, REPORT, METRICS, SERVE) as (plots, per_query_tmp, report_tmp, metrics_tmp,
                                                                        serve_tmp):
         plots.mkdir()
@@ -150,7 +179,7 @@ def main() -> None:
         report.plot_training_curves(TRAIN_LOGS, plots / "training_curves.png")
         per_query.to_csv(per_query_tmp, index=False, float_format="%g")
         report_tmp.write_text(report.markdown(metrics, test_rows, best_first, main["corpus"], main["qrels"], cfg,
-                                              PLOTS.name, stats, sizes, serve), encoding="utf-8")
+                                              PLOTS.name, stats, sizes, serve, changed), encoding="utf-8")
         write_json(metrics_tmp, metrics)
         write_json(serve_tmp, serve)
     log.info("wrote %s, %s, %s/, %s and %s", METRICS, PER_QUERY, PLOTS, REPORT, SERVE)

@@ -1,0 +1,143 @@
+"""Benchmark: the train stage's pace against the plain sentence-transformers loop, side by side on the same pairs.
+
+    python bench/train_pace.py                          # the bundled data (data/prepared: `dvc repro -s prepare`)
+    python bench/train_pace.py --data bench/out/final/data/prepared --rows 4000 --steps 40   # MedQuAD, once
+                                                        # run_medquad.py has prepared it from ../shared/bench
+
+Issue 23 item 4 asks the train stage to keep >= 0.95x the pairs per second of a plain SentenceTransformerTrainer
+loop. Both train the first --rows rows of train.jsonl for --steps optimizer steps with the project's params.yaml
+(model.base, train.loss and its options, train.batch_size, train.precision, train.dropout, train.max_seq_length):
+
+- the stage: `python -m pipeline.stages.train` in its own folder under bench/out/pace/ (git-ignored), as `dvc repro`
+  runs it (its batch sampler, callbacks, checkpoints, --evaluations validation checks during training, default the
+  project's train.evaluations); its pairs/s is reports/train/metrics.json's (the steps times the batch over the
+  time trainer.train() took, checks included: what a user waits for). The merge after training is not counted.
+- the plain loop: SentenceTransformerTrainer with the same model, dataset and loss (pipeline.training.losses
+  build_loss), batch size, learning rate, warm-up, seed and precision, no evaluator, no checkpoints, the default
+  batch sampler; timed the same way around trainer.train(). The same dropout is set (pipeline.training.args
+  set_dropout): dropout changes the cost of a step by itself (1.2x on a CPU), which is the recipe, not the loop.
+
+The rounds alternate (stage, plain, stage, plain, ...) so that both see the same load; it prints each round, the
+median pairs/s of each and their ratio, with the CPU model. Run it on an idle machine: another process sharing the
+cores makes both slower by amounts that differ between rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import cpu_model  # noqa: E402
+from pipeline.params import set_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def workdir(data: Path, rows: int | None, overrides: dict) -> Path:
+    """The stage's folder: the first `rows` training rows, the validation sets whole, the project's params."""
+    work = ROOT / "bench" / "out" / "pace" / "stage"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "data" / "prepared").mkdir(parents=True)
+    for folder in ("val", "val_users"):
+        shutil.copytree(data / folder, work / "data" / "prepared" / folder)
+    lines = (data / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (work / "data" / "prepared" / "train.jsonl").write_text("".join(lines[:rows]), encoding="utf-8")
+    params = set_params(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def stage_pace(work: Path) -> dict:
+    import torch
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if torch.cuda.device_count() > 1:
+        env["CUDA_VISIBLE_DEVICES"] = "0"  # one process on one GPU, as the plain loop: not re-launched on all of them
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train"], cwd=work, env=env, capture_output=True,
+                          text=True)
+    (work / "train.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"the train stage failed; see {work / 'train.log'}\n{proc.stderr[-3000:]}")
+    summary = json.loads((work / "reports" / "train" / "metrics.json").read_text())
+    return {"pairs_per_second": summary["pairs_per_second"], "steps": summary["steps"],
+            "device": summary["device"], "precision": summary["precision"]}
+
+
+def plain_pace(params: dict, rows: list[dict]) -> dict:
+    """SentenceTransformerTrainer as its documentation shows it, on the stage's model, data, loss and settings."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from pipeline.models import load_model, pick_precision
+    from pipeline.training.args import set_dropout
+    from pipeline.training.losses import build_loss
+
+    cfg = params["train"]
+    torch.manual_seed(int(cfg["seed"]))
+    model = load_model(params["model"]["base"], max_seq_length=int(cfg["max_seq_length"]))
+    set_dropout(model, cfg["dropout"])
+    loss, dataset = build_loss(cfg["loss"], model, rows, cfg)
+    precision = pick_precision(cfg["precision"], "train.precision")
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out, max_steps=int(cfg["max_steps"]), per_device_train_batch_size=int(cfg["batch_size"]),
+            learning_rate=float(cfg["learning_rate"]), warmup_steps=float(cfg["warmup_ratio"]),
+            bf16=precision == "bf16", use_cpu=model.device.type == "cpu", save_strategy="no", eval_strategy="no",
+            report_to="none", seed=int(cfg["seed"]), dataloader_num_workers=0, logging_steps=50)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    steps = trainer.state.global_step
+    return {"pairs_per_second": round(steps * int(cfg["batch_size"]) / seconds, 2), "steps": steps,
+            "device": model.device.type, "precision": precision}
+
+
+def main() -> None:
+    print(f"CPU: {cpu_model()}", flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/prepared", help="a prepared folder (train.jsonl, val/, val_users/)")
+    parser.add_argument("--rows", type=int, default=None, help="train on the first ROWS training rows")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps of each run")
+    parser.add_argument("--evaluations", type=int, default=None,
+                        help="the stage's validation checks (default: params.yaml train.evaluations)")
+    parser.add_argument("--rounds", type=int, default=2, help="stage and plain runs each, alternating")
+    args = parser.parse_args()
+    data = (ROOT / args.data).resolve()
+    if not (data / "train.jsonl").is_file():
+        print(f"no prepared data at {data}: run `dvc repro -s prepare` (bundled data) or `python bench/run_medquad.py`"
+              " (MedQuAD, needs ../shared/bench); nothing measured")
+        return
+    overrides = {"train.max_steps": args.steps, "train.merge_alphas": [1.0]}
+    if args.evaluations is not None:
+        overrides["train.evaluations"] = args.evaluations
+    work = workdir(data, args.rows, overrides)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    rows = [json.loads(line) for line in (work / "data" / "prepared" / "train.jsonl").read_text().splitlines()]
+    print(f"data: {data} ({len(rows)} training rows), {args.steps} steps of {params['train']['batch_size']} pairs, "
+          f"{params['train']['evaluations']} validation checks in the stage", flush=True)
+    paces: dict[str, list[float]] = {"stage": [], "plain": []}
+    for round_ in range(1, args.rounds + 1):
+        for name, measure in (("stage", lambda: stage_pace(work)), ("plain", lambda: plain_pace(params, rows))):
+            result = measure()
+            paces[name].append(result["pairs_per_second"])
+            print(f"round {round_} {name:5}: {result['pairs_per_second']:.2f} pairs/s ({result['steps']} steps, "
+                  f"{result['device']} {result['precision']})", flush=True)
+    stage, plain = statistics.median(paces["stage"]), statistics.median(paces["plain"])
+    print(f"\n| CPU | stage pairs/s | plain loop pairs/s | ratio (target >= 0.95) |\n|---|---|---|---|\n"
+          f"| {cpu_model()} | {stage:.2f} | {plain:.2f} | {stage / plain:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
