@@ -1,6 +1,7 @@
 """Benchmark: search latency and index build, on the bundled knowledge base and on large corpora made at run time.
 
-    python bench/serve_latency.py                           # bundled index + 100,000 passages
+    python bench/serve_latency.py                           # bundled index + 100,000 passages, every backend
+    python bench/serve_latency.py --backends onnx --sizes   # one backend, the bundled index only
     python bench/serve_latency.py --sizes 100000 1000000    # and a million (issue 15's scale)
     python bench/serve_latency.py --encode 100000           # encode every passage of the large corpus for real
     python bench/serve_latency.py --sizes 1000000 --approximate-above 500000   # IVF instead of exact search
@@ -8,8 +9,11 @@
 Needs the project's index (`dvc repro` first). For each corpus it prints:
 - build: encoding rate (passages/s) and the FAISS build time, the index's memory;
 - search in the process (Searcher, model loaded): p50 / p99 ms for single queries and for batches of 32;
-- search through the service (`python -m pipeline.serving.serve` on loopback, a bounded load test: a fixed number of
-  requests from 1 and from 4 client threads, each waiting for its answer): p50 / p99 ms per request;
+- search through the service (`python -m pipeline.serving.serve` on loopback), per backend (torch, onnx,
+  onnx-int8): a bounded load test, a fixed number of requests from 1, 4 and 16 client threads, each sending its
+  next request when its last is answered: p50 / p95 ms per request and requests/s (issue 24's target on 2 cores:
+  16 clients >= 150 requests/s at p95 <= 100 ms with the default backend). The clients run in this process, on the
+  same cores as the service, as a co-located application would;
 - the command line, `python -m pipeline.serving.search` including its model load, once per corpus (bundled only).
 The large corpus is MedQuAD's answers (../shared/bench/medquad) cut into 64-word windows every 32 words and
 repeated until it holds N passages; `--encode` of them are encoded by the served model, and beyond that the
@@ -48,8 +52,8 @@ SHARED = ROOT.parent / "shared" / "bench"
 OUT = ROOT / "bench" / "out" / "latency"
 
 
-def percentiles(ms: list[float]) -> str:
-    return f"p50 {np.percentile(ms, 50):6.1f} ms  p99 {np.percentile(ms, 99):6.1f} ms  (n={len(ms)})"
+def percentiles(ms: list[float], high: int = 99) -> str:
+    return f"p50 {np.percentile(ms, 50):6.1f} ms  p{high} {np.percentile(ms, high):6.1f} ms  (n={len(ms)})"
 
 
 def questions() -> list[str]:
@@ -110,23 +114,28 @@ def load_test(url: str, queries: list[str], requests: int, clients: int, batch: 
     return times
 
 
-def through_service(index_dir: Path, queries: list[str], rounds: int, backend: str, onnx_dir: Path) -> None:
+def through_service(index_dir: Path, queries: list[str], rounds: int, backend: str, onnx_dir: Path,
+                    extra: list[str] = ()) -> None:
+    """The service's latency and throughput for `backend` at 1, 4 and 16 concurrent clients."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--index", str(index_dir), "--port", str(port),
-                             "--backend", backend, "--onnx-dir", str(onnx_dir)],
+                             "--backend", backend, "--onnx-dir", str(onnx_dir), *extra],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
             try:
-                urllib.request.urlopen(url + "/health", timeout=5).read()
+                urllib.request.urlopen(url + "/ready", timeout=5).read()  # 503 until the index is loaded
                 break
             except OSError:
                 time.sleep(0.5)
         load_test(url, queries, 20, 1)  # warm-up
-        print(f"  service, 1 client:          {percentiles(load_test(url, queries, rounds, 1))}")
-        print(f"  service, 4 clients:         {percentiles(load_test(url, queries, rounds, 4))}")
-        print(f"  service, batch of 32:       {percentiles(load_test(url, queries, max(10, rounds // 32), 1, 32))}")
+        for clients in (1, 4, 16):
+            start = time.perf_counter()
+            times = load_test(url, queries, rounds, clients)
+            rate = len(times) / (time.perf_counter() - start)
+            print(f"  service {backend:9s} {clients:2d} clients: {percentiles(times, 95)}  {rate:6.1f} requests/s")
+        print(f"  service {backend:9s} batch of 32: {percentiles(load_test(url, queries, max(10, rounds // 32), 1, 32), 95)}")
     finally:
         proc.terminate()
         proc.wait()
@@ -169,7 +178,7 @@ def build_large(served: Path, n: int, encode_limit: int, cfg: dict) -> Path:
         for i, t in enumerate(texts):
             f.write(json.dumps({"id": f"p{i}", "section": f"p{i}", "title": "", "heading": "", "text": t,
                                 "source": "medquad"}) + "\n")
-    info = dict(searcher.info, passages=n, index=kind)
+    info = dict(searcher.info, passages=n, index=kind, version={"id": f"bench{n}", "built": None, "passages": n})
     info["model"] = dict(info["model"], path=os.path.relpath(searcher.model_dir, folder))
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     shutil.copytree(served / "bm25", folder / "bm25")  # the hybrid is not benchmarked here; dense only
@@ -186,27 +195,33 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000])
     parser.add_argument("--encode", type=int, default=10_000, help="passages of the large corpus encoded for real")
     parser.add_argument("--rounds", type=int, default=300, help="requests per latency measurement")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
-                        help="the query encoder of the search measurements (PyTorch or the export stage's ONNX)")
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"],
+                        choices=["torch", "onnx", "onnx-int8"],
+                        help="the query encoders measured (PyTorch, the default, and the export stage's ONNX)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the service's --threads (default: the cores it may use)")
     parser.add_argument("--approximate-above", type=int, default=None,
                         help="override index.approximate_above (e.g. 500000: an IVF index at a million)")
     args = parser.parse_args()
     setup_logging()
     served = Path(args.index)
     queries = questions()
+    extra = ["--threads", str(args.threads)] if args.threads else []
     print(f"machine: {cpu_model()}; torch threads {__import__('torch').get_num_threads()}")
 
-    print(f"\nbundled knowledge base ({served}), backend {args.backend}")
+    print(f"\nbundled knowledge base ({served})")
     for backend in ("torch", "onnx", "onnx-int8"):
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "pipeline.serving.search", queries[0], "-k", "3", "--index", str(served),
                               "--backend", backend], cwd=ROOT, capture_output=True, text=True)
         print(f"  command line, {backend}, with model load: {time.perf_counter() - start:.2f} s (exit {out.returncode})")
     onnx_dir = served.parent / "onnx"
-    searcher = Searcher(served, args.backend, onnx_dir)
-    print(f"  {searcher.index.ntotal} passages, {searcher.info['index']['kind']} search")
-    in_process(searcher, queries, args.rounds)
-    through_service(served, queries, args.rounds, args.backend, onnx_dir)
+    for backend in args.backends:
+        searcher = Searcher(served, backend, onnx_dir)
+        print(f"  {searcher.index.ntotal} passages, {searcher.info['index']['kind']} search, {backend}")
+        in_process(searcher, queries, args.rounds)
+        del searcher
+        through_service(served, queries, args.rounds, backend, onnx_dir, extra)
 
     if not SHARED.is_dir():
         print(f"\n{SHARED} not found: no large corpus (MedQuAD) to build")
@@ -217,10 +232,8 @@ def main() -> None:
     for n in args.sizes:
         print(f"\n{n:,} passages (MedQuAD answers windowed and repeated)")
         folder = build_large(served, n, args.encode, cfg)
-        searcher = Searcher(folder, args.backend, onnx_dir)
-        in_process(searcher, queries, args.rounds)
-        through_service(folder, queries, args.rounds, args.backend, onnx_dir)
-        del searcher
+        for backend in args.backends:
+            through_service(folder, queries, args.rounds, backend, onnx_dir, extra)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
-"""The index folder's contents: the FAISS index (exact, or IVF above a size) and how it names its model.
+"""The index folder's contents: the FAISS index (exact, or IVF above a size), the model that encoded it (copied in,
+so that the folder is self-contained) and its version record.
+
+One folder is one version: the index stage builds it beside the served one and swaps it in by renames
+(pipeline.files.atomic_dir), so a searcher never sees the model, vectors, BM25 and passages of two builds together.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
+import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from pipeline.models import model_fingerprint, resolve_model
-from pipeline.params import repo_path
 
 log = logging.getLogger("pipeline.index")
 
@@ -52,9 +58,30 @@ def build_index(vectors: np.ndarray, cfg: dict, queries: np.ndarray | None = Non
                    "recall_measured_on": measured_on}
 
 
-def model_identity(model_ref: str, target: Path) -> dict:
-    """How the index names its model: the name as configured, its folder relative to the index's final place
-    (found from anywhere the project folder is), and the sha256 that the searcher checks."""
-    path = Path(resolve_model(model_ref)).resolve()
-    relative = os.path.relpath(path, repo_path(target).resolve()) if repo_path(model_ref).exists() else None
-    return {"name": model_ref, "path": relative, "sha256": model_fingerprint(path)}
+MODEL_DIR = "model"  # the served model's copy inside the index folder
+
+
+def copy_model(model_ref: str, out: Path) -> dict:
+    """Copy the model that encodes into `out`/model and say how the index names it: the name as configured, the
+    folder relative to the index (found wherever the index is moved), the sha256 that the searcher checks.
+
+    A copy, not a path to models/finetuned: that folder changes when training re-runs, while the index's vectors
+    are those of the model it was built with; inside the folder, the model swaps in with the vectors. DVC's cache is
+    content-addressed, so the copy's files are the model's own objects: it costs no extra space in the cache or a
+    remote, only the workspace copy (which a link-type DVC cache avoids too)."""
+    source = Path(resolve_model(model_ref)).resolve()
+    shutil.copytree(source, out / MODEL_DIR)  # files, never links: the index must not change with its source
+    return {"name": model_ref, "path": MODEL_DIR, "sha256": model_fingerprint(out / MODEL_DIR)}
+
+
+def version_record(out: Path, settings: dict, passages: int) -> dict:
+    """Which build a folder holds: an id from what the searcher serves (the model's sha256 and the search settings
+    in `settings`, the passages, the vectors), the build time and the size. The service names it in every answer
+    and reloads when it changes; an identical rebuild keeps its id."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name in ("passages.jsonl", "dense.faiss"):
+        with open(out / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return {"id": digest.hexdigest()[:12], "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "passages": passages}

@@ -24,8 +24,12 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(max_length=max_seq_length)
         if self.tokenizer.padding is None:  # an export that copied the model's file as it came: BERT's pad token
             self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+        # errors only: at INFO/WARNING onnxruntime prints its graph optimiser's and device discovery's notes on every
+        # start (harmless, and alarming in a service's log)
+        ort.set_default_logger_severity(3)
         options = ort.SessionOptions()
-        if threads:
+        options.log_severity_level = 3
+        if threads:  # the service gives the cores it may use (pipeline/serving/cpu.py); else onnxruntime's default
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

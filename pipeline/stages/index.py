@@ -13,9 +13,15 @@ Writes  models/index/        (finetuned) or models/index_base/ (base):
             passages.jsonl   one passage a line, as in data/passages.jsonl
             dense.faiss      inner product of unit vectors (= cosine): exact, or IVF above index.approximate_above
             bm25/            bm25s index of the same texts, for the hybrid mode
-            info.json        the model that encoded it (name, a path relative to this folder, sha256 of its files),
-                             the encoding settings, which model was served and why, the no-match threshold, and
-                             for an approximate index its recall@10 against exact search
+            model/           a copy of the model that encoded it: the folder is one self-contained version
+            info.json        the model that encoded it (name, its path here, sha256 of its files), the encoding
+                             settings, which model was served and why, the no-match threshold, for an approximate
+                             index its recall@10 against exact search, and the version: {id, built, passages}
+
+The folder is built beside the served one and swapped in by renames (pipeline.files.atomic_dir; dvc.yaml marks it
+`persist` so that DVC does not delete it first): a running service keeps answering from the old version, notices the
+new version id in info.json and loads it whole before switching (pipeline/serving/versions.py). A failed build
+leaves the old version.
 
     python -m pipeline.stages.index            # the served model (the fine-tuned one, unless evaluate said otherwise)
     python -m pipeline.stages.index base       # the base model
@@ -31,12 +37,13 @@ import time
 import faiss
 
 from pipeline.data.readers import passage_text, read_beir
+from pipeline.embeddings import encode_cached
 from pipeline.files import atomic_dir, read_jsonl, write_json
 from pipeline.models import load_model, local_model_path, pick_precision
 from pipeline.params import load_params, require_tracked, run_main
 from pipeline.paths import FINETUNED, INDEX_DIRS, PASSAGES, PREPARED, SERVE
-from pipeline.retrieval import bm25_index, encode
-from pipeline.serving.index_files import build_index, model_identity
+from pipeline.retrieval import bm25_index
+from pipeline.serving.index_files import build_index, copy_model, version_record
 
 log = logging.getLogger("pipeline.index")
 
@@ -62,23 +69,26 @@ def main(argv: list[str] | None = None) -> None:
     target = INDEX_DIRS[name]
     with atomic_dir(target) as out:
         start = time.perf_counter()
-        vectors = encode(model, texts, int(enc["batch_size"]), precision).cpu().numpy()
+        vectors = encode_cached(model, texts, int(enc["batch_size"]), precision).cpu().numpy()
         encode_seconds = time.perf_counter() - start
         questions = None  # an approximate index's recall is measured on the validation questions, encoded as served
         if len(vectors) > int(cfg["approximate_above"]):
-            texts = [q for name in ("val", "val_users") for q in read_beir(PREPARED / name)[1].values()]
-            questions = encode(model, texts, int(enc["batch_size"]), precision).cpu().numpy()
+            # their own name: `texts` is still to be indexed by BM25 below
+            asked = [q for name in ("val", "val_users") for q in read_beir(PREPARED / name)[1].values()]
+            questions = encode_cached(model, asked, int(enc["batch_size"]), precision).cpu().numpy()
         index, kind = build_index(vectors, cfg, questions)
         faiss.write_index(index, str(out / "dense.faiss"))
         bm25_index(texts).save(str(out / "bm25"))
         (out / "passages.jsonl").write_text(PASSAGES.read_text(encoding="utf-8"), encoding="utf-8")
-        write_json(out / "info.json", {
-            "model": model_identity(model_ref, target), "served": served["model"],
-            "reason": served.get("reason", "no guard set lost"),
-            "max_seq_length": int(enc["max_seq_length"]), "precision": precision, "hybrid": hybrid,
-            "no_match_threshold": served.get("no_match", {}).get("threshold"),
+        identity = copy_model(model_ref, out)
+        settings = {"model": identity["sha256"], "max_seq_length": int(enc["max_seq_length"]), "precision": precision,
+                    "hybrid": hybrid, "no_match_threshold": served.get("no_match", {}).get("threshold")}
+        write_json(out / "info.json", {  # written last: a reader that finds it finds the rest of this version
+            "model": identity, "served": served["model"], "reason": served.get("reason", "no guard set lost"),
+            **{key: settings[key] for key in ("max_seq_length", "precision", "hybrid", "no_match_threshold")},
             "passages": len(passages), "index": kind,
-            "passages_per_second": round(len(texts) / encode_seconds, 1)})
+            "passages_per_second": round(len(texts) / encode_seconds, 1),
+            "version": version_record(out, settings, len(passages))})
     log.info("encoded %d passages with %s (%s, %.0f passages/s) into %s", len(texts), model_ref, precision,
              len(texts) / encode_seconds, target)
 
