@@ -11,8 +11,8 @@ from pipeline.paths import ROOT
 
 PIPELINE = ROOT / "pipeline"
 # lowest first: a module may import its own layer or a lower one, never a higher one
-LAYERS = [{"paths", "params", "files", "models"}, {"retrieval"}, {"data"}, {"eval"}, {"training", "serving", "report"},
-          {"stages"}]
+LAYERS = [{"paths", "schema", "params", "files", "models"}, {"retrieval", "embeddings"}, {"data"}, {"eval"},
+          {"training", "serving", "report"}, {"stages", "check", "track", "testset"}]
 
 
 def module_file(name: str) -> Path | None:

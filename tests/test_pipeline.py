@@ -103,6 +103,12 @@ def test_outputs_and_metric_file_shape(repo):
     assert "| fine-tuned |" in report and "![recall@k](plots/recall_at_k.png)" in report
     assert "- **pet_owners** (170 questions): fine-tuned" in report.split("## Main test set")[0]
     assert json.loads((repo / "reports/serve.json").read_text())["guards"] == []  # as the fixture set them
+    evidence = metrics["evidence"]  # per set: what its interval rests on
+    assert set(evidence) == {"test", "pet_owners", "val", "val_users"}
+    assert evidence["pet_owners"] == {"questions": 170, "topics": 16, "thin": False, "why": None,
+                                      "ci_width": evidence["pet_owners"]["ci_width"]}
+    assert evidence["pet_owners"]["ci_width"] == pytest.approx(
+        blocks[1]["finetuned_vs_base"]["ndcg@10"]["ci_high"] - blocks[1]["finetuned_vs_base"]["ndcg@10"]["ci_low"], abs=1e-4)
     # generated data and models are DVC's, not git's
     ignored = run(["git", "check-ignore", "data/prepared", "models/finetuned", "models/index", "models/index_base",
                    "reports/baselines"], repo)
@@ -119,7 +125,8 @@ def test_second_repro_does_nothing(repo):
     ("evaluate.guards", ["pet_owners"], ["evaluate", "index", "export"]),  # the serving decision: what is served
     ("index.nprobe", 16, ["index", "index_base"]),
     ("encode.batch_size", 8, ["baselines", "evaluate", "index", "index_base", "export"]),  # served = scored
-    ("passages", {"strategy": "window", "window_tokens": 20, "overlap_tokens": 4, "include_faq_answers": True},
+    ("passages", {"strategy": "window", "window_tokens": 20, "overlap_tokens": 4, "include_faq_answers": True,
+                  "warn_above_tokens": 2048},
      ["passages", "baselines", "evaluate", "index", "index_base", "export"]),  # a new cut: never training
     ("evaluate.depth", 40, ["baselines", "evaluate", "index", "index_base", "export"]),
     ("train.learning_rate", 3.0e-5, ["train", "evaluate", "index", "export"]),
@@ -186,7 +193,8 @@ def test_search_and_compare_on_the_built_index(repo):
     assert [h["rank"] for h in base_hits] == [1, 2, 3]
     # each index says which model encoded it: the base model's is its own stage's output, not the fine-tuned one's
     info = {name: json.loads((repo / f"models/{name}/info.json").read_text()) for name in ["index", "index_base"]}
-    assert info["index"]["model"]["name"] == "models/finetuned" and info["index"]["model"]["path"] == "../finetuned"
+    assert info["index"]["model"]["name"] == "models/finetuned" and info["index"]["model"]["path"] == "model"
+    assert (repo / "models/index/model/model.safetensors").is_file()  # a version carries the model that encoded it
     assert info["index_base"]["model"]["name"] == yaml.safe_load((repo / "params.yaml").read_text())["model"]["base"]
     assert info["index"]["model"]["sha256"] != info["index_base"]["model"]["sha256"]
     assert info["index"]["no_match_threshold"] == json.loads((repo / "reports/metrics.json").read_text())["no_match"]["threshold"]
@@ -217,10 +225,8 @@ def test_search_and_compare_on_the_built_index(repo):
 def test_bad_input_fails_cleanly_and_writes_nothing(repo, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(repo, bad, ignore=shutil.ignore_patterns(".dvc", ".git", "data", "models", "reports"))
-    (bad / "data/raw").mkdir(parents=True)
+    shutil.copytree(repo / "data/raw", bad / "data/raw")  # every file params.yaml names exists (pipeline.check)
     (bad / "data/raw/faq.csv").write_text("question,answer,focus\nWhat is parvo?,A virus.,p\nWhat is FIV?,,f\n")
-    shutil.copytree(repo / "data/raw/kb", bad / "data/raw/kb")
-    shutil.copy(repo / "data/raw/glossary.csv", bad / "data/raw/glossary.csv")
     out = run(["python", "-m", "pipeline.stages.prepare"], bad, check=False)
     assert out.returncode == 1
     assert "faq.csv:3: field 'answer' is empty" in out.stderr
@@ -254,6 +260,55 @@ def test_a_guard_loss_makes_the_index_serve_the_base_model(repo, tmp_path):
     base_index = faiss.read_index(str(copy / "models/index_base/dense.faiss"))
     assert served.ntotal == base_index.ntotal
     assert (served.reconstruct_n(0, 5) == base_index.reconstruct_n(0, 5)).all()  # the base model's vectors
+
+
+def test_a_thin_set_is_called_thin_next_to_its_figure_and_in_the_serving_decision(repo, tmp_path):
+    """The bundled pet_owners set (170 questions, 16 topics) under a bar it does not reach: the report says "thin
+    evidence" beside its interval, the log warns, and the serving decision says it rests on it as a guard set."""
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True)
+    set_repo_params(copy, {"evaluate.thin_questions": 200, "evaluate.guards": ["pet_owners"]})
+    out = run(["python", "-m", "pipeline.stages.evaluate"], copy)
+    why = "170 questions (fewer than 200)"
+    assert f"pet_owners is thin evidence, {why}: its interval" in out.stderr
+    headline = (copy / "reports/report.md").read_text().split("## Main test set")[0]
+    line = next(x for x in headline.splitlines() if x.startswith("- **pet_owners**"))
+    assert line.endswith(f"— **thin evidence**: {why}; this interval means little")
+    serve = json.loads((copy / "reports/serve.json").read_text())
+    assert "pet_owners" in serve["thin_evidence"]
+    assert any(w.startswith(f"guard set pet_owners is thin evidence, {why}") for w in serve["warnings"])
+    assert json.loads((copy / "reports/metrics.json").read_text())["evidence"]["pet_owners"]["thin"] is True
+
+
+def test_a_changed_merge_weight_or_precision_is_explained_against_the_committed_run(repo, tmp_path):
+    """The committed run (git HEAD) chose another merge weight and trained in bf16; this one, in fp32, chose its own:
+    the report says both, with the validation figures by weight side by side, and how far the figures moved."""
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True)
+    selection_file = copy / "reports/train/metrics.json"
+    now = json.loads(selection_file.read_text())
+    assert now["precision"] == "fp32" and now["merge_alpha"] is not None
+    before = {**now, "precision": "bf16", "merge_alpha": 1.0 if now["merge_alpha"] != 1.0 else 0.0,
+              "merge_val_users_ndcg@10": {k: round(v - 0.01, 4) for k, v in now["merge_val_users_ndcg@10"].items()}}
+    selection_file.write_text(json.dumps(before))
+    run(["git", "add", "-f", "reports"], copy)
+    run(["git", "commit", "-qm", "the committed run"], copy)
+    selection_file.write_text(json.dumps(now))  # this run's own, as train wrote it
+    out = run(["python", "-m", "pipeline.stages.evaluate"], copy)
+    assert f"since the committed run: Validation now chose merge weight {now['merge_alpha']:g}" in out.stderr
+    report = (copy / "reports/report.md").read_text()
+    section = report.split("## Since the last committed run")[1].split("\n## ")[0]
+    assert f"the committed run chose {before['merge_alpha']:g}" in section
+    assert "Trained in **fp32** on this host; the committed run trained in bf16" in section
+    w = next(iter(now["merge_val_users_ndcg@10"]))
+    row = next(x for x in section.splitlines() if x.startswith(f"| {float(w):g}"))
+    assert f"| {now['merge_val_users_ndcg@10'][w]:.4f} | {before['merge_val_users_ndcg@10'][w]:.4f} |" in row
+    assert "| pet_owners (finetuned) |" in section  # how far each set's figure moved since the committed run
+    # a re-run that reproduces the committed one says nothing
+    run(["git", "add", "-f", "reports"], copy)
+    run(["git", "commit", "-qm", "this run"], copy)
+    run(["python", "-m", "pipeline.stages.evaluate"], copy)
+    assert "## Since the last committed run" not in (copy / "reports/report.md").read_text()
 
 
 def changed_stages(repo: Path) -> set[str]:
