@@ -42,3 +42,58 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+TINY_PIPELINE = {  # the bundled data through every stage in seconds, the same numbers on every CPU (fp32)
+    "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
+    "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
+    "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
+    "encode.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50, "evaluate.guards": [],
+    "train.precision": "fp32", "encode.precision": "fp32",
+}
+
+
+def bundled_project(repo: Path, tiny_model: str) -> Path:
+    """A copy of the project (code, bundled data, dvc.yaml, params.yaml) at `repo`, set to the tiny model and
+    TINY_PIPELINE; the caller adds the model to the deps of the stages that load it, and runs what it needs."""
+    import yaml
+
+    from pipeline.params import set_params
+
+    repo.mkdir(parents=True)
+    for name in ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    (repo / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(set_params(params, {"model.base": tiny_model, **TINY_PIPELINE}),
+                                                     sort_keys=False))
+    return repo
+
+
+SERVED_TOPICS = ["parvovirus in puppies", "kennel cough in dogs", "feline kidney disease", "heartworm and mosquitoes",
+                 "laminitis in ponies", "milk fever in dairy cows"]
+
+
+def served_project(root: Path, tiny_model: str, serve: dict | None = None) -> Path:
+    """A project folder holding its base model (the tiny one) and an index of 12 passages, two per topic of
+    SERVED_TOPICS, built by the index stage (`python -m pipeline.stages.index base`); `serve`: params' limits."""
+    import json
+
+    import yaml
+
+    shutil.copytree(tiny_model, root / "models/base")
+    passages = [{"id": f"kb/{i}#{j}", "section": f"kb/{i}#{j}", "title": topic.title(), "heading": f"Part {j}",
+                 "text": f"Facts about {topic}, part {j}: signs, causes and treatment.", "source": f"{i}.md"}
+                for i, topic in enumerate(SERVED_TOPICS) for j in (1, 2)]
+    (root / "data").mkdir()
+    (root / "data/passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"]["base"] = "models/base"
+    params["encode"].update(max_seq_length=32, precision="fp32")
+    params["serve"].update(serve or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run([sys.executable, "-m", "pipeline.stages.index", "base"], root)
+    return root

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from pipeline.data.readers import passage_text
 from pipeline.embeddings import encode_cached, evict, model_fingerprint
 from pipeline.models import load_model
 from pipeline.retrieval import encode
-from tests.conftest import ROOT, run
-from tests.test_pipeline import READS_BASE_MODEL, set_repo_params, stages_run
+from tests.conftest import bundled_project, run
+from tests.test_pipeline import READS_BASE_MODEL, stages_run
 
 TEXTS = [f"how is condition {i} treated in {'young ' * (i % 4)}dogs?" for i in range(40)]
 
@@ -126,22 +125,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 def counted_repo(tmp_path_factory, tiny_model) -> tuple[Path, str]:
     """The bundled data under DVC with the tiny model, as tests/test_pipeline.py's `repo`, every stage's encodes
     counted; up to both indexes (export measures its encoders' speed, which takes encoding: issue 23 item 2)."""
-    repo = tmp_path_factory.mktemp("encode-once") / "repo"
-    repo.mkdir()
-    for name in ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]:
-        src, dst = ROOT / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
-    (repo / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
-    set_repo_params(repo, {
-        "model.base": tiny_model,
-        "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
-        "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
-        "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
-        "encode.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50, "evaluate.guards": [],
-        "train.precision": "fp32", "encode.precision": "fp32",  # the same numbers on every CPU
-    })
+    repo = bundled_project(tmp_path_factory.mktemp("encode-once") / "repo", tiny_model)
     (repo / "count_encodes.py").write_text(COUNTER)
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())
     for name, stage in stages["stages"].items():

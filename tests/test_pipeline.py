@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.params import set_params
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, bundled_project, run
 
 STAGES = ["passages", "prepare", "train", "baselines", "evaluate", "index", "index_base", "export"]
 READS_BASE_MODEL = ["passages", "prepare", "train", "baselines", "index", "index_base", "export"]
@@ -33,22 +33,7 @@ def stages_run(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model) -> Path:
-    repo = tmp_path_factory.mktemp("project") / "repo"
-    repo.mkdir()
-    for name in ["pipeline", "data/raw", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]:
-        src, dst = ROOT / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
-    (repo / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
-    set_repo_params(repo, {
-        "model.base": tiny_model,
-        "prepare.max_train_pairs": 48, "prepare.max_seq_length": 32, "prepare.leakage_cosine": None,
-        "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
-        "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
-        "encode.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50, "evaluate.guards": [],
-        "train.precision": "fp32", "encode.precision": "fp32",  # the same numbers on every CPU
-    })
+    repo = bundled_project(tmp_path_factory.mktemp("project") / "repo", tiny_model)
     # the tiny model is a local folder outside the project: a dependency of every stage that loads model.base
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())
     for stage in READS_BASE_MODEL:

@@ -6,10 +6,8 @@ folder; and /docs with no network."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,32 +17,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.params import InputError
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, SERVED_TOPICS, served_project
 
-TOPICS = ["parvovirus in puppies", "kennel cough in dogs", "feline kidney disease", "heartworm and mosquitoes",
-          "laminitis in ponies", "milk fever in dairy cows"]
+TOPICS = SERVED_TOPICS
 QUESTION = "my pony walks stiffly and has laminitis"
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, tiny_model) -> Path:
     """An index of 12 passages built by the index stage with the tiny model (`python -m pipeline.stages.index base`)."""
-    root = tmp_path_factory.mktemp("rag") / "project"
-    shutil.copytree(tiny_model, root / "models/base")
-    passages = [{"id": f"kb/{i}#{j}", "section": f"kb/{i}#{j}", "title": topic.title(), "heading": f"Part {j}",
-                 "text": f"Facts about {topic}, part {j}: signs, causes and treatment.", "source": f"{i}.md"}
-                for i, topic in enumerate(TOPICS) for j in (1, 2)]
-    (root / "data").mkdir()
-    (root / "data/passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["model"]["base"] = "models/base"
-    params["encode"].update(max_seq_length=32, precision="fp32")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    run([sys.executable, "-m", "pipeline.stages.index", "base"], root)
-    return root / "models/index_base"
+    return served_project(tmp_path_factory.mktemp("rag") / "project", tiny_model) / "models/index_base"
 
 
 @pytest.fixture(scope="module")

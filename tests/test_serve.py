@@ -17,32 +17,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.params import InputError
-from tests.conftest import run
+from tests.conftest import SERVED_TOPICS, run, served_project
 
-TOPICS = ["parvovirus in puppies", "kennel cough in dogs", "feline kidney disease", "heartworm and mosquitoes",
-          "laminitis in ponies", "milk fever in dairy cows"]
+TOPICS = SERVED_TOPICS
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model) -> Path:
-    """A project folder holding its base model and a built index (`python -m pipeline.stages.index base`)."""
-    root = tmp_path_factory.mktemp("served") / "project"
-    shutil.copytree(tiny_model, root / "models/base")
-    passages = [{"id": f"kb/{i}#{j}", "section": f"kb/{i}#{j}", "title": topic.title(), "heading": f"Part {j}",
-                 "text": f"Facts about {topic}, part {j}: signs, causes and treatment.", "source": f"{i}.md"}
-                for i, topic in enumerate(TOPICS) for j in (1, 2)]
-    (root / "data").mkdir()
-    (root / "data/passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
-    params = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
-    params["model"]["base"] = "models/base"
-    params["encode"].update(max_seq_length=32, precision="fp32")
-    params["serve"].update(max_k=50, max_queries=8, max_query_chars=400, max_body_bytes=8192)  # read by the service
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    run([sys.executable, "-m", "pipeline.stages.index", "base"], root)
-    return root
+    """A project folder holding its base model and a built index (`python -m pipeline.stages.index base`), with
+    small limits in its params.yaml's serve: section, read by the service."""
+    return served_project(tmp_path_factory.mktemp("served") / "project", tiny_model,
+                          {"max_k": 50, "max_queries": 8, "max_query_chars": 400, "max_body_bytes": 8192})
 
 
 def test_searcher_works_from_any_folder_and_after_the_project_moves(project, tmp_path, monkeypatch):
