@@ -37,10 +37,10 @@ def use_cores(backend: str, threads: int | None = None) -> int:
     number (ONNX Runtime's sessions take it when they are made)."""
     import faiss
 
-    # one core left to the event loop (HTTP, validation, JSON) and whatever else runs beside: with every core in
-    # PyTorch's pool its threads spin-wait for one another while the loop runs, and on 2 busy cores 16 clients got
-    # 12 requests/s with 2 threads against 45 with 1 (bench/serve_latency.py --threads)
-    cores = threads or max(1, usable_cores() - 1)
+    # every core the process may use: on 2 quiet cores 16 clients got 85.9 requests/s with ONNX and 70.1 with
+    # PyTorch with 2 threads, against 59.9 and 40.6 with 1 (bench/serve_latency.py --threads, AMD EPYC). On cores
+    # other work keeps busy, fewer threads win (12 against 45 requests/s with 2 and 1 threads there): --threads
+    cores = threads or usable_cores()
     faiss.omp_set_num_threads(cores)
     if backend == "torch":
         import torch
@@ -50,7 +50,7 @@ def use_cores(backend: str, threads: int | None = None) -> int:
             torch.set_num_interop_threads(1)  # one encode at a time: no inter-op parallelism to run
         except RuntimeError:  # already set, or PyTorch already ran parallel work in this process
             pass
-    log.info("threads: %d (%s) for FAISS%s", cores, "--threads" if threads else "the cores this process may use, less one",
+    log.info("threads: %d (%s) for FAISS%s", cores, "--threads" if threads else "the cores this process may use",
              " and PyTorch" if backend == "torch" else " and ONNX Runtime")
     return cores
 
