@@ -33,8 +33,9 @@ from pipeline.params import set_params  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def workdir(name: str, data: Path, rows: int | None, overrides: dict) -> Path:
-    work = ROOT / "bench" / "out" / "scale" / name
+def workdir(work: Path, data: Path, rows: int | None, overrides: dict) -> Path:
+    """The train stage's folder: the first `rows` training rows of a prepared `data`, the validation sets whole,
+    the project's params with `overrides` (also used by bench/train_pace.py)."""
     shutil.rmtree(work, ignore_errors=True)
     (work / "data" / "prepared").mkdir(parents=True)
     for folder in ("val", "val_users"):
@@ -84,7 +85,7 @@ def main() -> None:
     print(f"data: {data} ({args.rows or 'all'} training rows), {args.steps} steps of {args.batch} pairs", flush=True)
     results = {}
     for processes in (1, args.processes):
-        work = workdir(f"{processes}proc", data, args.rows, {
+        work = workdir(ROOT / "bench" / "out" / "scale" / f"{processes}proc", data, args.rows, {
             "train.max_steps": args.steps, "train.batch_size": args.batch // processes,
             "train.evaluations": 1, "train.merge_alphas": [1.0]})
         results[processes] = r = train(work, processes)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,23 +38,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import cpu_model  # noqa: E402
-from pipeline.params import set_params  # noqa: E402
+from bench.scale_train import workdir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def workdir(data: Path, rows: int | None, overrides: dict) -> Path:
-    """The stage's folder: the first `rows` training rows, the validation sets whole, the project's params."""
-    work = ROOT / "bench" / "out" / "pace" / "stage"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "data" / "prepared").mkdir(parents=True)
-    for folder in ("val", "val_users"):
-        shutil.copytree(data / folder, work / "data" / "prepared" / folder)
-    lines = (data / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    (work / "data" / "prepared" / "train.jsonl").write_text("".join(lines[:rows]), encoding="utf-8")
-    params = set_params(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return work
 
 
 def stage_pace(work: Path) -> dict:
@@ -122,7 +107,7 @@ def main() -> None:
     overrides = {"train.max_steps": args.steps, "train.merge_alphas": [1.0]}
     if args.evaluations is not None:
         overrides["train.evaluations"] = args.evaluations
-    work = workdir(data, args.rows, overrides)
+    work = workdir(ROOT / "bench" / "out" / "pace" / "stage", data, args.rows, overrides)
     params = yaml.safe_load((work / "params.yaml").read_text())
     rows = [json.loads(line) for line in (work / "data" / "prepared" / "train.jsonl").read_text().splitlines()]
     print(f"data: {data} ({len(rows)} training rows), {args.steps} steps of {params['train']['batch_size']} pairs, "

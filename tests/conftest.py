@@ -97,3 +97,29 @@ def served_project(root: Path, tiny_model: str, serve: dict | None = None) -> Pa
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run([sys.executable, "-m", "pipeline.stages.index", "base"], root)
     return root
+
+
+PET_TOPICS = ["cats", "dogs", "horses", "rabbits", "birds", "ferrets", "goats", "tortoises"]
+PET_ROWS = [{"anchor": f"question {i}: how do I care for {t} at {i + 2} years?",
+             "positive": f"answer {i} on {t}: {t} of {i + 2} years need {['food', 'water', 'rest', 'a vet'][i]}",
+             "group": t} for t in PET_TOPICS for i in range(4)]
+
+
+def train_stage_project(folder: Path, params: dict) -> Path:
+    """A project folder as the train stage sees it: the code, `params` as params.yaml, and data/prepared/ with
+    PET_ROWS to train on and one validation question per topic of PET_TOPICS (val and val_users alike)."""
+    import pandas as pd
+    import yaml
+
+    from pipeline.data.readers import write_beir
+
+    shutil.copytree(ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = folder / "data/prepared"
+    prepared.mkdir(parents=True)
+    pd.DataFrame(PET_ROWS).to_json(prepared / "train.jsonl", orient="records", lines=True)
+    for name in ("val", "val_users"):
+        write_beir(prepared / name, {f"d{i}": f"all about {t}" for i, t in enumerate(PET_TOPICS)},
+                   {f"q{i}": f"my {t} seem unwell" for i, t in enumerate(PET_TOPICS)},
+                   {f"q{i}": {f"d{i}": 1} for i in range(len(PET_TOPICS))})
+    return folder

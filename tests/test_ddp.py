@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +16,16 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import yaml
 
-from pipeline.data.readers import write_beir
 from pipeline.params import load_params, set_params
 from pipeline.paths import ROOT
-from tests.conftest import run
+from tests.conftest import PET_ROWS, PET_TOPICS, run, train_stage_project
 
 # 8 topics of 4 rows, every text distinct: with batches of 4 each batch is one whole topic, none waits (no clash),
 # so the grouped sampler's row stream does not depend on the batch size. The first global batch of 2 processes x 4
 # (batches 0 and 1 of the stream, one per rank) is then exactly the first batch of 8 of a single process, and so is
 # every later one: the two runs see the same pairs at every step.
-TOPICS = ["cats", "dogs", "horses", "rabbits", "birds", "ferrets", "goats", "tortoises"]
-ROWS = [{"anchor": f"question {i}: how do I care for {t} at {i + 2} years?",
-         "positive": f"answer {i} on {t}: {t} of {i + 2} years need {['food', 'water', 'rest', 'a vet'][i]}",
-         "group": t} for t in TOPICS for i in range(4)]
+TOPICS, ROWS = PET_TOPICS, PET_ROWS
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
@@ -41,16 +35,7 @@ def project(folder: Path, tiny_model: str, batch_size: int) -> Path:
         "model.base": tiny_model, "train.batch_size": batch_size, "train.epochs": 1, "train.max_steps": -1,
         "train.max_seq_length": 24, "train.evaluations": 2, "train.precision": "fp32", "train.dropout": 0.0,
         "train.group_batches": True, "train.loss": "MultipleNegativesRankingLoss"})
-    shutil.copytree(ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    prepared = folder / "data/prepared"
-    prepared.mkdir(parents=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    pd.DataFrame(ROWS).to_json(prepared / "train.jsonl", orient="records", lines=True)
-    for name in ("val", "val_users"):
-        write_beir(prepared / name, {f"d{i}": f"all about {t}" for i, t in enumerate(TOPICS)},
-                   {f"q{i}": f"my {t} seem unwell" for i, t in enumerate(TOPICS)},
-                   {f"q{i}": {f"d{i}": 1} for i in range(len(TOPICS))})
-    return folder
+    return train_stage_project(folder, params)
 
 
 def train(folder: Path, torchrun: bool, check: bool = True, script: str | None = None) -> subprocess.CompletedProcess:

@@ -20,16 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data.readers import write_beir
 from pipeline.models import model_fingerprint
 from pipeline.params import load_params, set_params
 from pipeline.paths import ROOT
-from tests.conftest import run
+from tests.conftest import run, train_stage_project
 
-TOPICS = ["cats", "dogs", "horses", "rabbits", "birds", "ferrets", "goats", "tortoises"]
-ROWS = [{"anchor": f"question {i}: how do I care for {t} at {i + 2} years?",
-         "positive": f"answer {i} on {t}: {t} of {i + 2} years need {['food', 'water', 'rest', 'a vet'][i]}",
-         "group": t} for t in TOPICS for i in range(4)]
 PARAMS = {"train.batch_size": 8, "train.epochs": 3, "train.max_steps": -1, "train.max_seq_length": 24,
           "train.evaluations": 2, "train.precision": "fp32", "train.dropout": 0.1, "train.group_batches": True,
           "train.loss": "MultipleNegativesRankingLoss", "train.learning_rate": 1e-3, "train.merge_alphas": [0.5, 1.0]}
@@ -50,16 +45,8 @@ run_main(train.main)
 
 def project(folder: Path, tiny_model: str, **overrides) -> Path:
     params = set_params(load_params(path=ROOT / "params.yaml"), {"model.base": tiny_model, **PARAMS, **overrides})
-    shutil.copytree(ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    train_stage_project(folder, params)
     (folder / "killed.py").write_text(KILLED)
-    prepared = folder / "data/prepared"
-    prepared.mkdir(parents=True)
-    pd.DataFrame(ROWS).to_json(prepared / "train.jsonl", orient="records", lines=True)
-    for name in ("val", "val_users"):
-        write_beir(prepared / name, {f"d{i}": f"all about {t}" for i, t in enumerate(TOPICS)},
-                   {f"q{i}": f"my {t} seem unwell" for i, t in enumerate(TOPICS)},
-                   {f"q{i}": {f"d{i}": 1} for i in range(len(TOPICS))})
     return folder
 
 
