@@ -93,6 +93,9 @@ def validation_detail(errors) -> list[dict]:
     return out
 
 
+DRAIN_FACTOR = 16  # a body up to 16 x serve.max_body_bytes (4 MiB at the default) is read to its end to answer 413
+
+
 class Guard:
     """ASGI middleware: refuse a body over the limit before reading it (Content-Length), stop reading one that
     grows past it (chunked), and log one line per request: method, path, status, latency in ms."""
@@ -113,6 +116,8 @@ class Guard:
         try:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max):
+                if length.isdigit() and int(length) <= DRAIN_FACTOR * self.max:
+                    await self._drain(receive, {"more_body": True}, 0)
                 return await self._too_large(sending, length.decode("latin-1"))
             seen = [0]
 
@@ -120,6 +125,7 @@ class Guard:
                 message = await receive()
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > self.max:
+                    await self._drain(receive, message, seen[0])
                     raise BodyTooLarge
                 return message
 
@@ -130,6 +136,16 @@ class Guard:
         finally:
             log.info("request method=%s path=%s status=%d ms=%.1f", scope["method"], scope["path"], status[0],
                      (time.perf_counter() - start) * 1000)
+
+    async def _drain(self, receive, message: dict, seen: int) -> None:
+        """Read and drop what the client is still sending, up to DRAIN_FACTOR x the limit, before answering: a
+        413 sent while the client is mid-upload, and the connection closed, reaches it as a broken pipe instead of
+        the answer (and a proxy in front answers 502). Past that bound the connection is closed as it stands."""
+        while message.get("more_body") and seen <= DRAIN_FACTOR * self.max:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            seen += len(message.get("body", b""))
 
     async def _too_large(self, send, length: str) -> None:
         body = json.dumps({"detail": [{"field": "body", "error": f"{length} bytes: the body is limited to "
