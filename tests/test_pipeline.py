@@ -202,7 +202,9 @@ def test_search_and_compare_on_the_built_index(repo):
     for backend, floor in [("torch", 0.9999), ("onnx", 0.9999), ("onnx_int8", 0.0)]:
         agreement = export[backend]["agreement_with_index"]
         assert floor <= agreement["min_cosine"] <= agreement["mean_cosine"] <= 1.0 + 1e-5, backend
-    assert export["onnx_int8"]["pet_owners"] == served_int8_scores(repo, "pet_owners")
+    # one unit of the 4th decimal apart at most: ONNX Runtime's int8 kernels in another process may land a mean on
+    # the other side of the rounding (CI saw 0.0411 against 0.0412 once)
+    assert export["onnx_int8"]["pet_owners"] == pytest.approx(served_int8_scores(repo, "pet_owners"), abs=1.5e-4)
     out = run(["python", "-m", "pipeline.serving.compare", "my cat drinks a lot of water", "-k", "2"], repo)
     assert "BASE MODEL" in out.stdout and "FINE-TUNED MODEL" in out.stdout and "2. [" in out.stdout
 
