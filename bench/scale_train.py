@@ -33,6 +33,17 @@ from pipeline.params import set_params  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def prepared_data(folder: str) -> Path | None:
+    """A prepared folder (train.jsonl, val/, val_users/), or None with a word on how to make one (also used by
+    bench/train_pace.py)."""
+    data = (ROOT / folder).resolve()
+    if not (data / "train.jsonl").is_file():
+        print(f"no prepared data at {data}: run `dvc repro -s prepare` (bundled data) or `python bench/run_medquad.py`"
+              " (MedQuAD, needs ../shared/bench); nothing measured")
+        return None
+    return data
+
+
 def workdir(work: Path, data: Path, rows: int | None, overrides: dict) -> Path:
     """The train stage's folder: the first `rows` training rows of a prepared `data`, the validation sets whole,
     the project's params with `overrides` (also used by bench/train_pace.py)."""
@@ -75,10 +86,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch: pairs per optimizer step, all processes")
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
-    data = (ROOT / args.data).resolve()
-    if not (data / "train.jsonl").is_file():
-        print(f"no prepared data at {data}: run `dvc repro -s prepare` (bundled data) or `python bench/run_medquad.py`"
-              " (MedQuAD, needs ../shared/bench); nothing measured")
+    data = prepared_data(args.data)
+    if data is None:
         return
     if args.batch % args.processes:
         sys.exit(f"--batch {args.batch} does not split evenly over {args.processes} processes")

@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import cpu_model  # noqa: E402
-from bench.scale_train import workdir  # noqa: E402
+from bench.scale_train import prepared_data, workdir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,10 +99,8 @@ def main() -> None:
                         help="the stage's validation checks (default: params.yaml train.evaluations)")
     parser.add_argument("--rounds", type=int, default=2, help="stage and plain runs each, alternating")
     args = parser.parse_args()
-    data = (ROOT / args.data).resolve()
-    if not (data / "train.jsonl").is_file():
-        print(f"no prepared data at {data}: run `dvc repro -s prepare` (bundled data) or `python bench/run_medquad.py`"
-              " (MedQuAD, needs ../shared/bench); nothing measured")
+    data = prepared_data(args.data)
+    if data is None:
         return
     overrides = {"train.max_steps": args.steps, "train.merge_alphas": [1.0]}
     if args.evaluations is not None:
