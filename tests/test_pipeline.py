@@ -191,7 +191,12 @@ def test_search_and_compare_on_the_built_index(repo):
     export = json.loads((repo / "reports/export.json").read_text())
     assert export["onnx"]["ndcg_change_vs_torch"] == {"test": 0.0, "pet_owners": 0.0}
     assert set(export["onnx_int8"]) >= {"test", "pet_owners", "passages_per_second", "speedup_vs_torch"}
-    assert json.loads((repo / "models/onnx/export.json").read_text())["sha256"] == info["index"]["model"]["sha256"]
+    served_export = json.loads((repo / "models/onnx/export.json").read_text())
+    assert served_export["sha256"] == info["index"]["model"]["sha256"]
+    # what `--backend auto` chooses by: the report's own figures, under the names --backend takes
+    assert {b: m["passages_per_second"] for b, m in served_export["backends"].items()} == {
+        b.replace("_", "-"): export[b]["passages_per_second"] for b in ("torch", "onnx", "onnx_int8")}
+    assert served_export["backends"]["onnx-int8"]["ndcg_change_vs_torch"] == export["onnx_int8"]["ndcg_change_vs_torch"]
     # each backend is scored as search serves it: its queries against the vectors in the index PyTorch built. So
     # torch is the served model's score in metrics.json, and int8 is int8 queries against the index's passages
     metrics = json.loads((repo / "reports/metrics.json").read_text())

@@ -126,6 +126,9 @@ def service(project, service_log):
 def test_service_answers_get_post_health_and_ready(service):
     status, health = request(service + "/health")
     assert status == 200 and health["status"] == "ok" and health["passages"] == 12 and health["served"] == "base"
+    # --backend auto, the default: no export beside this index, so PyTorch, and the service says why
+    assert health["backend"] == health["backend_choice"]["chosen"] == "torch"
+    assert "no ONNX export" in health["backend_choice"]["why"]
     version = health["version"]
     assert version["passages"] == 12 and len(version["id"]) == 12 and version["built"]
     assert request(service + "/ready") == (200, health)

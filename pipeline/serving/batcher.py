@@ -32,9 +32,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def use_cores(backend: str, threads: int | None = None) -> int:
-    """Size every library's thread pool to the cores this process may use (or `threads`), once; returns that
-    number (ONNX Runtime's sessions take it when they are made)."""
+def use_cores(threads: int | None = None) -> int:
+    """Size FAISS's thread pool to the cores this process may use (or `threads`), once; returns that number, which
+    ONNX Runtime's sessions take when they are made and PyTorch's pool when it is loaded (torch_threads)."""
     import faiss
 
     # every core the process may use: on 2 quiet cores 16 clients got 85.9 requests/s with ONNX and 70.1 with
@@ -42,17 +42,20 @@ def use_cores(backend: str, threads: int | None = None) -> int:
     # other work keeps busy, fewer threads win (12 against 45 requests/s with 2 and 1 threads there): --threads
     cores = threads or usable_cores()
     faiss.omp_set_num_threads(cores)
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(cores)
-        try:
-            torch.set_num_interop_threads(1)  # one encode at a time: no inter-op parallelism to run
-        except RuntimeError:  # already set, or PyTorch already ran parallel work in this process
-            pass
-    log.info("threads: %d (%s) for FAISS%s", cores, "--threads" if threads else "the cores this process may use",
-             " and PyTorch" if backend == "torch" else " and ONNX Runtime")
+    log.info("threads: %d (%s) for FAISS and the encoder", cores,
+             "--threads" if threads else "the cores this process may use")
     return cores
+
+
+def torch_threads(cores: int) -> None:
+    """PyTorch's pools, when the backend served is PyTorch (imported then only: the ONNX backends need none)."""
+    import torch
+
+    torch.set_num_threads(cores)
+    try:
+        torch.set_num_interop_threads(1)  # one encode at a time: no inter-op parallelism to run
+    except RuntimeError:  # already set, or PyTorch already ran parallel work in this process
+        pass
 
 
 @dataclass

@@ -11,6 +11,7 @@
     result["version"]         # the index version that answered (info.json "version": id, build time, passages)
     searcher.search_batch(["question one", "question two"], k=5, mode="hybrid")
     Searcher(index_dir, backend="onnx")                    # the ONNX export (dvc repro export): no PyTorch, faster
+    Searcher(index_dir, backend="auto")                    # the fastest that scored as PyTorch (backend_choice.py)
 
 Modes: dense (the fine-tuned model, cosine) and hybrid (BM25 and dense fused by reciprocal rank, as evaluated).
 Scores: "score" ranks within a mode: the cosine in dense mode, the reciprocal-rank-fusion score in hybrid mode
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import textwrap
 import threading
@@ -37,9 +39,14 @@ from pipeline.models import load_model, model_fingerprint, resolve_model
 from pipeline.params import InputError, run_main
 from pipeline.paths import INDEX_DIRS, ROOT
 from pipeline.retrieval import bm25_tokens, encode, ranked, rrf
+from pipeline.serving.backend_choice import choose_backend
+from pipeline.serving.batcher import torch_threads
+
+log = logging.getLogger("pipeline.serve")
 
 MODES = ("dense", "hybrid")
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}  # onnx: pipeline/stages/export.py
+CHOICES = [*BACKENDS, "auto"]  # auto: pipeline/serving/backend_choice.py
 ENCODE_CHUNK = 8  # queries per forward pass within a batch: chunks of similar length waste little on padding
 
 
@@ -56,10 +63,10 @@ class Searcher:
     Refuses an index whose vectors another model made: info.json records the sha256 of the encoding model's files,
     and the model found now must match it (after `dvc repro train` alone, run `dvc repro` to re-index)."""
 
-    def __init__(self, index_dir: str | Path | None = None, backend: str = "torch", onnx_dir: str | Path | None = None,
-                 threads: int | None = None):
-        if backend not in BACKENDS:
-            raise InputError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+    def __init__(self, index_dir: str | Path | None = None, backend: str = "auto", onnx_dir: str | Path | None = None,
+                 threads: int | None = None, max_ndcg_loss: float = 0.0):
+        if backend not in CHOICES:
+            raise InputError(f"backend {backend!r}: one of {', '.join(CHOICES)}")
         self.index_dir = Path(index_dir) if index_dir else default_index()
         info_file = self.index_dir / "info.json"
         if not info_file.is_file():
@@ -81,13 +88,19 @@ class Searcher:
         if hasattr(self.index, "make_direct_map"):  # IVF: a hit's vector (its cosine) is looked up by id
             self.index.make_direct_map()
         self.bm25 = self._load_bm25()
+        onnx_dir = Path(onnx_dir) if onnx_dir else self.index_dir.parent / "onnx"
+        self.backend_choice = None  # with backend auto: what was chosen and the figures that chose it
+        if backend == "auto":
+            backend, self.backend_choice = choose_backend(onnx_dir, info["model"]["sha256"], max_ndcg_loss)
+            log.info("backend auto: %s (%s)", backend, self.backend_choice["why"])
         self.backend = backend
         if backend == "torch":
+            if threads:
+                torch_threads(threads)
             self.model = load_model(str(model_dir), max_seq_length=info["max_seq_length"])
             tokenizer = self.model.tokenizer.backend_tokenizer
         else:  # the export of this very model (pipeline/stages/export.py): ONNX Runtime, no PyTorch
-            self.model = self._onnx_encoder(Path(onnx_dir) if onnx_dir else self.index_dir.parent / "onnx", backend,
-                                            threads)
+            self.model = self._onnx_encoder(onnx_dir, backend, threads)
             tokenizer = self.model.tokenizer
         self._counter = counting_tokenizer(tokenizer)
         self.threshold = info.get("no_match_threshold")
@@ -236,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="finetuned", choices=sorted(INDEX_DIRS),
                         help="which of the project's indexes (default finetuned: the served model)")
     parser.add_argument("--index", default=None, help="an index folder (default: the project's models/index)")
-    parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
-                        help="torch (default), or the ONNX export: onnx (same scores) or onnx-int8 (reports/export.json)")
+    parser.add_argument("--backend", default="auto", choices=CHOICES,
+                        help="auto (default: the fastest that scored as PyTorch, by the export's measurements), torch, "
+                             "or the ONNX export: onnx (same scores) or onnx-int8 (reports/export.json)")
     parser.add_argument("--onnx-dir", default=None, help="the ONNX export (default: models/onnx beside the index)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """A search service over an index: the model loads once, each request only encodes the query and searches.
 
-    python -m pipeline.serving.serve [--index models/index] [--host 127.0.0.1] [--port 8000] [--backend onnx]
+    python -m pipeline.serving.serve [--index models/index] [--host 127.0.0.1] [--port 8000] [--backend auto]
                                      [--params path/to/params.yaml]
 
     GET  /health    liveness: 200 while the process runs, with the version served (null while loading)
@@ -22,6 +22,8 @@ a blank query 400. None is logged above INFO: one line per request (method, path
 Versions (pipeline/serving/versions.py): the service answers from one index version at a time and swaps to a new
 one only once it is loaded whole; every answer names its version. CPU (pipeline/serving/batcher.py): threads are
 sized once from the cores the process may use, and concurrent requests are searched together in micro-batches.
+Backend (pipeline/serving/backend_choice.py): `auto` serves the fastest encoder whose scores equal PyTorch's, by the
+export stage's measurements on the host that built the index; /health's "backend_choice" gives the figures.
 """
 
 import argparse
@@ -42,7 +44,7 @@ from pipeline.params import InputError, run_main
 from pipeline.serving.batcher import Batcher, use_cores
 from pipeline.serving.docs import offline_docs
 from pipeline.serving.limits import Guard, Limits, request_models, validation_detail
-from pipeline.serving.search import BACKENDS, MODES, Searcher, default_index
+from pipeline.serving.search import CHOICES, MODES, Searcher, default_index
 from pipeline.serving.versions import Served, load_consistent, read_version
 
 log = logging.getLogger("pipeline.serve")
@@ -82,7 +84,7 @@ def create_app(served: Served | Searcher, limits: Limits | None = None) -> FastA
         info = searcher.info
         return {"status": "ok", "version": searcher.version, "passages": searcher.index.ntotal,
                 "model": info["model"]["name"], "model_sha256": info["model"]["sha256"], "served": info["served"],
-                "backend": searcher.backend, "modes": list(MODES), "no_match_threshold": searcher.threshold,
+                "backend": searcher.backend, "backend_choice": searcher.backend_choice, "modes": list(MODES), "no_match_threshold": searcher.threshold,
                 "limits": {k: v for k, v in vars(limits).items() if k.startswith("max_")}}
 
     @app.get("/health")
@@ -137,7 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", default=None, help="index folder (default: the project's models/index)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--backend", default="torch", choices=list(BACKENDS), help="torch, onnx or onnx-int8")
+    parser.add_argument("--backend", default="auto", choices=CHOICES,
+                        help="auto (default: the fastest backend that scored as PyTorch where the export measured "
+                             "them; /health says which and why), torch, onnx or onnx-int8")
+    parser.add_argument("--max-ndcg-loss", type=float, default=0.0,
+                        help="with --backend auto: the NDCG@10 a backend may lose against PyTorch on any held-out "
+                             "set of reports/export.json and still be chosen (default 0: none; 0.01 admits int8)")
     parser.add_argument("--onnx-dir", default=None, help="the ONNX export (default: models/onnx beside the index)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for PyTorch, ONNX Runtime and FAISS (default: the cores this process may use)")
@@ -147,13 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     index_dir = Path(args.index or default_index()).resolve()
     onnx_dir = Path(args.onnx_dir) if args.onnx_dir else index_dir.parent / "onnx"
     limits = Limits.from_params(Path(args.params) if args.params else index_dir.parent.parent / "params.yaml")
-    threads = use_cores(args.backend, args.threads)
+    threads = use_cores(args.threads)
 
     def signature() -> tuple:  # what a reload depends on: the index's version, and the export it is served with
         export = onnx_dir / "export.json"
         return read_version(index_dir), export.read_bytes() if args.backend != "torch" and export.is_file() else None
 
-    served = Served(lambda: load_consistent(index_dir, backend=args.backend, onnx_dir=onnx_dir, threads=threads),
+    served = Served(lambda: load_consistent(index_dir, backend=args.backend, onnx_dir=onnx_dir, threads=threads,
+                                               max_ndcg_loss=args.max_ndcg_loss),
                     signature)
     server = uvicorn.Server(uvicorn.Config(create_app(served, limits), host=args.host, port=args.port,
                                            log_level="warning"))

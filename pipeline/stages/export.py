@@ -13,7 +13,8 @@ Reads   params: model.base, encode.batch_size (the length and precision are the 
         files:  models/finetuned/ and reports/serve.json (the served model), models/index/ (its passages and their
                 vectors, as search reads them), data/prepared/{test,testsets/*}/
 Writes  models/onnx/         model.onnx (fp32), model_int8.onnx, tokenizer.json, export.json (the sha256 of the
-                             model it came from: search refuses an export of another model)
+                             model it came from: search refuses an export of another model; each backend's
+                             passages/s and NDCG@10 change, the CPU: what `--backend auto` chooses by)
         reports/export.json  per backend (torch, onnx, onnx_int8): mrr@10 and ndcg@10 per held-out set (torch equals
                              the served model's scores in reports/metrics.json), the change against torch, cosine
                              agreement with the index's vectors (min, mean) and passages/s on the sample; "setup":
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline.data.readers import passage_text
+from pipeline.embeddings import encode_cached
 from pipeline.eval.heldout import found_sections, held_out_sets, scored_set
 from pipeline.eval.metrics import per_query_metrics, summary
 from pipeline.files import atomic_outputs, read_jsonl, write_json
@@ -150,8 +152,6 @@ def main() -> None:
     with atomic_outputs(ONNX_DIR, EXPORT_REPORT) as (out, report_tmp):  # swapped in together, or neither
         out.mkdir()
         export_onnx(model, out)
-        write_json(out / "export.json", {"model": model_ref, "sha256": info["model"]["sha256"],
-                                         "max_seq_length": max_len})
         onnx = {backend: OnnxEncoder(out / file, max_len) for backend, file in ONNX_FILES.items()}
         encoders = {"torch": lambda texts: encode(model, texts, batch_size, precision).cpu().numpy(),
                     **{backend: partial(e.encode, batch_size=batch_size) for backend, e in onnx.items()}}
@@ -167,7 +167,8 @@ def main() -> None:
                 # the set judges passages the index does not serve: its own corpus, encoded once by PyTorch as the
                 # index stage encodes passages, so each backend is still scored as it would serve (its queries,
                 # PyTorch's passages) rather than not at all; export.json says which sets were scored this way
-                c_emb = encode(model, list(corpus.values()), batch_size, precision).cpu()
+                # through the embedding cache: evaluate encoded this very list with this model and settings
+                c_emb = encode_cached(model, list(corpus.values()), batch_size, precision).cpu()
                 scored_on[name] = "its own corpus, encoded by PyTorch (the index does not serve its passages)"
                 log.info("%s: scored on %s", name, scored_on[name])
             for backend, fn in encoders.items():
@@ -180,6 +181,14 @@ def main() -> None:
         for backend in ONNX_FILES:
             report[backend]["ndcg_change_vs_torch"] = {
                 name: round(scores[backend][name][ndcg] - scores["torch"][name][ndcg], 4) for name in scored_on}
+        # beside the graphs, for `serve --backend auto` (pipeline/serving/backend_choice.py): each backend's speed
+        # and its NDCG@10 change on every held-out set, under the names `--backend` takes
+        backends = {backend.replace("_", "-"): {"passages_per_second": report[backend]["passages_per_second"],
+                                                 **({"ndcg_change_vs_torch": report[backend]["ndcg_change_vs_torch"]}
+                                                    if backend in ONNX_FILES else {})} for backend in encoders}
+        write_json(out / "export.json", {"model": model_ref, "sha256": info["model"]["sha256"],
+                                         "max_seq_length": max_len, "cpu": cpu_model(),
+                                         "threads": torch.get_num_threads(), "backends": backends})
         report["setup"] = {"scored": f"each backend's query vectors against the passage vectors in {index_dir}",
                            "sample": f"the first {min(SAMPLE, len(passages))} passages of {index_dir} in index order",
                            "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "scored_on": scored_on}

@@ -19,7 +19,7 @@ from pipeline.params import InputError
 PASSAGE_FIELDS = ("title", "heading", "source", "question")
 
 
-def open_source(index: str | Path | None = None, url: str | None = None, backend: str = "torch",
+def open_source(index: str | Path | None = None, url: str | None = None, backend: str = "auto",
                 onnx_dir: str | Path | None = None, timeout: float = 30.0):
     """A Searcher over an index folder (None: the project's models/index), or a SearchClient of a service URL."""
     if url is not None:

@@ -45,7 +45,7 @@ class IndexRetriever(BaseRetriever):
         return check_source(source)
 
     @classmethod
-    def from_index(cls, index: str | Path | None = None, k: int = 5, mode: str = "dense", backend: str = "torch",
+    def from_index(cls, index: str | Path | None = None, k: int = 5, mode: str = "dense", backend: str = "auto",
                    onnx_dir: str | Path | None = None, **kwargs: Any) -> "IndexRetriever":
         """Over an index folder in process (None: the project's models/index); loads the model once."""
         return cls(source=open_source(index, backend=backend, onnx_dir=onnx_dir), k=k, mode=mode, **kwargs)

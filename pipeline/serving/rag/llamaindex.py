@@ -40,7 +40,7 @@ class IndexRetriever(BaseRetriever):
         super().__init__(**kwargs)
 
     @classmethod
-    def from_index(cls, index: str | Path | None = None, k: int = 5, mode: str = "dense", backend: str = "torch",
+    def from_index(cls, index: str | Path | None = None, k: int = 5, mode: str = "dense", backend: str = "auto",
                    onnx_dir: str | Path | None = None, **kwargs: Any) -> "IndexRetriever":
         """Over an index folder in process (None: the project's models/index); loads the model once."""
         return cls(open_source(index, backend=backend, onnx_dir=onnx_dir), k, mode, **kwargs)
