@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.stages.export import cpu_model as cpu_name  # one reader of /proc/cpuinfo: the one export.json uses
+from pipeline.serving.backend_choice import host_cpu as cpu_name  # one reader of /proc/cpuinfo: the one export.json uses
 
 
 def cpu_model() -> str:

@@ -24,6 +24,7 @@ log = logging.getLogger("pipeline.serve")
 
 
 def host_cpu() -> str:
+    """This host's CPU model, as the export stage records it beside its speeds (bench/machine.py's, for bench/)."""
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name"))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -46,6 +45,7 @@ from pipeline.models import load_model, local_model_path, model_fingerprint, res
 from pipeline.params import InputError, load_params, require_tracked, run_main
 from pipeline.paths import EXPORT_REPORT, FINETUNED, INDEX_DIRS, ONNX_DIR, PREPARED, SERVE
 from pipeline.retrieval import encode, top_k
+from pipeline.serving.backend_choice import host_cpu  # the CPU `--backend auto` compares with the host's
 from pipeline.serving.onnx_encoder import OnnxEncoder
 
 log = logging.getLogger("pipeline.export")
@@ -85,15 +85,6 @@ def export_onnx(model, folder: Path) -> None:
     tokenizer.no_truncation()
     tokenizer.enable_padding(pad_id=model.tokenizer.pad_token_id or 0, pad_token=model.tokenizer.pad_token or "[PAD]")
     tokenizer.save(str(folder / "tokenizer.json"))
-
-
-def cpu_model() -> str:
-    """The host's CPU, written beside the speeds (bench/machine.py's cpu_model; the pipeline does not import bench/)."""
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def index_vectors(index: faiss.Index) -> np.ndarray:
@@ -187,11 +178,11 @@ def main() -> None:
                                                  **({"ndcg_change_vs_torch": report[backend]["ndcg_change_vs_torch"]}
                                                     if backend in ONNX_FILES else {})} for backend in encoders}
         write_json(out / "export.json", {"model": model_ref, "sha256": info["model"]["sha256"],
-                                         "max_seq_length": max_len, "cpu": cpu_model(),
+                                         "max_seq_length": max_len, "cpu": host_cpu(),
                                          "threads": torch.get_num_threads(), "backends": backends})
         report["setup"] = {"scored": f"each backend's query vectors against the passage vectors in {index_dir}",
                            "sample": f"the first {min(SAMPLE, len(passages))} passages of {index_dir} in index order",
-                           "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "scored_on": scored_on}
+                           "cpu": host_cpu(), "torch_threads": torch.get_num_threads(), "scored_on": scored_on}
         write_json(report_tmp, report)
     for backend in encoders:
         log.info("%-9s %s", backend, "  ".join(f"{n} {ndcg} {scores[backend][n][ndcg]:.4f}" for n in scored_on))
