@@ -84,7 +84,8 @@ def create_app(served: Served | Searcher, limits: Limits | None = None) -> FastA
         info = searcher.info
         return {"status": "ok", "version": searcher.version, "passages": searcher.index.ntotal,
                 "model": info["model"]["name"], "model_sha256": info["model"]["sha256"], "served": info["served"],
-                "backend": searcher.backend, "backend_choice": searcher.backend_choice, "modes": list(MODES), "no_match_threshold": searcher.threshold,
+                "backend": searcher.backend, "backend_choice": searcher.backend_choice, "modes": list(MODES),
+                "no_match_threshold": searcher.threshold,
                 "limits": {k: v for k, v in vars(limits).items() if k.startswith("max_")}}
 
     @app.get("/health")
