@@ -115,7 +115,12 @@ def main() -> None:
         else:
             trainer.train()
         train_seconds = time.perf_counter() - start
-        steps_here = trainer.state.global_step - (resume.step(last) if last else 0)  # this run's, for the speed
+        first_step = resume.step(last) if last else 0
+        steps_here = trainer.state.global_step - first_step  # this run's, for the speed
+        # the validation checks' share of that time (the trainer times each one): bench/train_pace.py sets it apart
+        # from the steps when it compares the stage with the plain sentence-transformers loop
+        checks_seconds = sum(h["eval_runtime"] for h in trainer.state.log_history
+                             if "eval_runtime" in h and (h["step"] > first_step or not last))
         history = [h for h in trainer.state.log_history if f"eval_{BEST_METRIC}" in h]
         kept = kept_evaluation(trainer.state.log_history, trainer.state.best_global_step) or history[-1]
 
@@ -149,6 +154,7 @@ def main() -> None:
             "best_step": int(kept.get("step", 0)),
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
+            "validation_minutes": round(checks_seconds / 60, 2),
             "pairs_per_second": round(steps_here * batch_size * world / train_seconds, 2),
             "device": str(model.device.type),
             "processes": world,
