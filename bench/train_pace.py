@@ -21,13 +21,14 @@ loop. Both train the first --rows rows of train.jsonl for --steps optimizer step
 
 The rounds alternate (stage, plain, stage, plain, ...) so that both see the same load; it prints each round, the
 median pairs/s of each and their ratios (with the checks and of the steps alone), with the CPU model. The checks
-cost the same whatever the run's length, so their share here (a few dozen steps) is many times a full run's. Run it on an idle machine: another process sharing the
-cores makes both slower by amounts that differ between rounds.
+cost the same whatever the run's length, so their share here (a few dozen steps) is many times a full run's. Run
+it on an idle machine: another process sharing the cores makes both slower by amounts that differ between rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -75,7 +76,7 @@ def stage_rows(params: dict, rows: list[dict], steps: int) -> int:
 
     cfg, batch_size = params["train"], int(params["train"]["batch_size"])
     sampler = batch_sampler(cfg, rows)
-    if not callable(getattr(sampler, "func", None)):  # sentence-transformers' NO_DUPLICATES: full batches
+    if not isinstance(sampler, functools.partial):  # sentence-transformers' NO_DUPLICATES: full batches
         return min(steps * batch_size, len(rows))
     dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in rows[0] if c != "group"})
     batches = list(sampler(dataset, batch_size=batch_size, drop_last=False, seed=int(cfg["seed"])))
