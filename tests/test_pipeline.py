@@ -186,8 +186,15 @@ def test_search_and_compare_on_the_built_index(repo):
     # the ONNX export encodes as PyTorch does: the same passages in the same order, the same scores on every set
     onnx = strict_json(run(["python", "-m", "pipeline.serving.search", "What are the symptoms of parvovirus?", "-k", "3",
                            "--json", "--backend", "onnx"], repo).stdout)
-    assert [h["id"] for h in onnx["hits"]] == [h["id"] for h in hits]
-    assert [h["score"] for h in onnx["hits"]] == pytest.approx([h["score"] for h in hits], abs=1e-3)
+    torch_hits = strict_json(run(["python", "-m", "pipeline.serving.search", "What are the symptoms of parvovirus?",
+                                  "-k", "4", "--json", "--backend", "torch"], repo).stdout)["hits"]
+    assert [h["score"] for h in onnx["hits"]] == pytest.approx([h["score"] for h in torch_hits[:3]], abs=1e-3)
+    # the same passages in the same order, except where two passages' scores are within the backends' float noise
+    # (the tiny test model ties some, the 4th with the 3rd included): there either order is the same answer
+    scores = [h["score"] for h in torch_hits]
+    for i, (a, b) in enumerate(zip(onnx["hits"], torch_hits)):
+        tied = any(abs(scores[i] - scores[j]) < 1e-3 for j in (i - 1, i + 1) if 0 <= j < len(scores))
+        assert a["id"] == b["id"] or tied, (i, a["id"], b["id"], scores)
     export = json.loads((repo / "reports/export.json").read_text())
     assert export["onnx"]["ndcg_change_vs_torch"] == {"test": 0.0, "pet_owners": 0.0}
     assert set(export["onnx_int8"]) >= {"test", "pet_owners", "passages_per_second", "speedup_vs_torch"}
