@@ -60,16 +60,19 @@ def stage_pace(work: Path) -> dict:
         sys.exit(f"the train stage failed; see {work / 'train.log'}\n{proc.stderr[-3000:]}")
     summary = json.loads((work / "reports" / "train" / "metrics.json").read_text())
     steps_seconds = (summary["train_minutes"] - summary["validation_minutes"]) * 60
-    return {"pairs_per_second": summary["pairs_per_second"], "steps": summary["steps"],
+    # steps x batch size a second, as the plain loop's figure below: the stage's own pairs_per_second counts the rows
+    # its batches hold over an epoch (batch_fill); the first steps' fill is set apart by stage_rows
+    per_step = summary["pairs_per_second"] / summary["batch_fill"]
+    return {"pairs_per_second": round(per_step, 2), "steps": summary["steps"],
             "device": summary["device"], "precision": summary["precision"],
-            "steps_pairs_per_second": round(summary["pairs_per_second"] * summary["train_minutes"] * 60 / steps_seconds, 2),
+            "steps_pairs_per_second": round(per_step * summary["train_minutes"] * 60 / steps_seconds, 2),
             "validation_share": summary["validation_minutes"] / summary["train_minutes"]}
 
 
 def stage_rows(params: dict, rows: list[dict], steps: int) -> int:
     """The pairs the stage's first `steps` batches hold. Its batch sampler (pipeline.training.args batch_sampler, seeded
     as the trainer seeds it) lets no text repeat in a batch, so rows that share a text wait, and some batches are
-    short: its pairs/s in reports/train/metrics.json (steps x train.batch_size) counts them as full."""
+    short (reports/train/metrics.json's batch_fill, over a whole epoch)."""
     from datasets import Dataset
 
     from pipeline.training.args import batch_sampler

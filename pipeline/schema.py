@@ -201,6 +201,9 @@ class Prepare(Section):
     kb_pairs: bool = Field(False, description="also train on (document title: section heading, section text)")
     synthetic_queries: SyntheticQueries | None = None
     max_seq_length: Positive = Field(description="base-model encoding length for mining and the leakage guard")
+    precision: Precision = Field(description=(
+        "the labeller's and the miner's encodes: `auto` (bf16 where the hardware has it), `fp32` or `bf16`; the "
+        "leakage guard is always fp32"))
     leakage_cosine: Cosine | None = Field(description=(
         "training questions at least this close (base-model cosine) to a held-out one are dropped (`null`: exact "
         "matches only)"))

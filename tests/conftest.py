@@ -49,7 +49,7 @@ TINY_PIPELINE = {  # the bundled data through every stage in seconds, the same n
     "prepare.max_val_queries": 30, "prepare.negatives.num": 1, "prepare.eval_corpus_size": 200,
     "train.max_steps": 3, "train.batch_size": 8, "train.max_seq_length": 32, "train.evaluations": 1,
     "encode.max_seq_length": 32, "evaluate.bootstrap_samples": 200, "evaluate.depth": 50, "evaluate.guards": [],
-    "train.precision": "fp32", "encode.precision": "fp32",
+    "train.precision": "fp32", "encode.precision": "fp32", "prepare.precision": "fp32",
 }
 
 

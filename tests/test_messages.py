@@ -139,7 +139,7 @@ def test_a_message_naming_only_its_question_is_labelled_from_the_question(monkey
     targets = {"faq/1": "answer one", "faq/2": "answer two", "faq/3": "answer three"}
     seen = []
 
-    def labeller(texts, passages, model, margin, batch_size):
+    def labeller(texts, passages, model, margin, batch_size, precision):
         seen.append(texts)
         checked = ["answer one", "answer two"] if check_right else ["answer two", "answer three"]
         return ["answer three", None, *checked]

@@ -107,6 +107,38 @@ def test_hard_negatives_never_come_from_the_positive_group(tiny_model, miner):
     assert stats["negatives"]["pairs_with_all_hard_negatives"] > 0 and stats["negatives"]["positive_score"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prepare_precision_reaches_the_miner_and_the_labeller_only(tiny_model, tmp_path, monkeypatch, precision):
+    """prepare.precision is how the miner and the labeller encode (bf16: autocast, ~1.9x faster on a CPU with
+    AVX512-BF16); a question's link to the FAQ, a threshold decision, is encoded in fp32 either way."""
+    import torch
+
+    from pipeline.data.messages import agreed_labels, link_questions
+    from pipeline.models import load_model
+
+    monkeypatch.chdir(tmp_path)  # the labeller's passages go through the embeddings cache, here in tmp_path
+    model = load_model(tiny_model, device="cpu")
+    seen, encode = [], model.encode
+
+    def recording_encode(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", recording_encode)
+    train = pd.DataFrame([{"query": f"question {i} about topic {g}", "positive": f"answer {i} on topic {g} text",
+                           "group_id": g} for g in range(3) for i in range(2)])
+    for miner in ("model", "bm25"):
+        cfg = {"num": 1, "miner": miner, "candidates": 5, "range_max": 6, "relative_margin": None,
+               "absolute_margin": None, "batch_size": 8}
+        add_hard_negatives(train, model, cfg, seed=0, stats={}, precision=precision)
+    agreed_labels(["question 0 about topic 1"], train["positive"].tolist(), model, 0.0, 8, precision)
+    assert seen and set(seen) == {precision == "bf16"}
+    seen.clear()
+    faq = pd.DataFrame({"query": ["question 0 about topic 1"], "positive": ["answer 0 on topic 1 text"]})
+    link_questions(["question 0 about topic 1"], faq, model, 0.85, 8)
+    assert seen and set(seen) == {False}
+
+
 def test_bm25_candidates_are_lexical_neighbours_outside_the_margin(tiny_model):
     """BM25 ranks the passage sharing the rare word first; the base-model margin then drops near-copies."""
     from pipeline.models import load_model

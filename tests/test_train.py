@@ -284,6 +284,25 @@ def test_train_summary_reports_the_kept_checkpoint_and_the_merge_weight(train_pr
     assert summary["val_ndcg@10_best"] == round(scores["val_cosine_ndcg@10"], 4)
 
 
+@pytest.mark.parametrize("shared_answer", [False, True])
+def test_pairs_per_second_counts_the_rows_the_batches_hold(train_project, monkeypatch, shared_answer):
+    """Rows that share an answer cannot share a batch (it would be scored as a wrong answer to itself), so grouped
+    batches come short: pairs_per_second counts the rows trained, not steps x train.batch_size (batch_fill)."""
+    import sentence_transformers
+
+    from pipeline.stages import train
+
+    if shared_answer:  # 4 of the 8 rows answered by one passage: 4 batches at least, at most 8 / 16 filled
+        rows = [{"anchor": f"question {i}", "positive": "answer 0" if i < 4 else f"answer {i}", "group": i}
+                for i in range(8)]
+        pd.DataFrame(rows).to_json(train_project / "data/prepared/train.jsonl", orient="records", lines=True)
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", FakeTrainer)
+    train.main()
+    summary = json.loads((train_project / "reports/train/metrics.json").read_text())
+    assert summary["batch_fill"] <= 0.5 if shared_answer else summary["batch_fill"] == 1.0
+    assert summary["pairs_per_second"] > 0
+
+
 def test_merge_interpolates_every_weight_between_base_and_fine_tuned():
     import torch
 

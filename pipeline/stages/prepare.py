@@ -44,7 +44,7 @@ from pipeline.data.split import (
 )
 from pipeline.data.user_questions import rewrite_anchors, user_style_validation
 from pipeline.files import atomic_outputs, write_json
-from pipeline.models import load_model, local_model_path
+from pipeline.models import load_model, local_model_path, pick_precision
 from pipeline.params import InputError, load_params, repo_path, require_tracked, run_main
 from pipeline.paths import DATA_STATS, PREPARED
 
@@ -78,13 +78,16 @@ def main() -> None:
     kb_in_test = bool(external_test) and repo_path(data["kb"]).resolve().is_relative_to(repo_path(external_test).resolve())
     sections = [] if kb_in_test or not (cfg.get("kb_pairs") or synthetic_model or data.get("messages")) else read_kb(data["kb"])
     model = load_model(base, max_seq_length=cfg["max_seq_length"])
+    # the labeller's and the miner's encodes (most of this stage's time on MedQuAD); the leakage guard stays fp32
+    precision = pick_precision(cfg["precision"], "prepare.precision")
+    stats["precision"] = precision
 
     # 1b. Users' messages: (message, what resolved it) and (message, its question); unlinked ones labelled where the
     #     base model and BM25 agree (pipeline/data/messages.py). They join the topic of what they are linked to.
     messages = pd.DataFrame()
     if data.get("messages"):
         messages = message_pairs(read_messages(data["messages"], data["messages_columns"]), sections, faq, model,
-                                 cfg["messages"], data["messages_columns"], stats)
+                                 cfg["messages"], data["messages_columns"], stats, precision)
     pairs = pd.concat([faq, glossary, beir] + ([messages] if not messages.empty else []), ignore_index=True)
     if "group" not in pairs:
         pairs["group"] = None
@@ -163,7 +166,7 @@ def main() -> None:
 
     # 4. Hard negatives from the base model and/or BM25, never from the positive's own group; then a fraction of the
     #    training questions written as users write them (prepare.user_questions.train_fraction)
-    tuples = add_hard_negatives(train, model, cfg["negatives"], seed, stats)
+    tuples = add_hard_negatives(train, model, cfg["negatives"], seed, stats, precision)
     users_cfg = cfg["user_questions"]
     tuples["anchor"] = rewrite_anchors(tuples["anchor"].tolist(), train["group"].tolist(),
                                        float(users_cfg["train_fraction"]), users_cfg, seed)

@@ -86,6 +86,9 @@ def main() -> None:
     # loads the best back, and a re-run on the same inputs resumes from the last checkpoint a kill left
     batch_size = int(cfg["batch_size"])
     batches = steps_per_epoch(sampler, train_dataset, batch_size, world, int(cfg["seed"]))
+    # the rows a step really holds: one process keeps every row once an epoch, grouped batches short where rows clash
+    # (counted by the sampler above); several keep full batches only
+    rows_per_step = batch_size if world > 1 else len(train_dataset) / batches
     if world > 1:
         log.info("%d processes, batch %d each: %d pairs a step, %d steps an epoch", world, batch_size,
                  world * batch_size, batches)
@@ -155,7 +158,8 @@ def main() -> None:
             "steps": int(trainer.state.global_step),
             "train_minutes": round(train_seconds / 60, 2),
             "validation_minutes": round(checks_seconds / 60, 2),
-            "pairs_per_second": round(steps_here * batch_size * world / train_seconds, 2),
+            "pairs_per_second": round(steps_here * rows_per_step * world / train_seconds, 2),
+            "batch_fill": round(rows_per_step / batch_size, 3),
             "device": str(model.device.type),
             "processes": world,
             "precision": precision,
