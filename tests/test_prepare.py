@@ -3,11 +3,13 @@ questions."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pandas as pd
 import pytest
 
+from tests.conftest import ROOT
 from pipeline.data.negatives import add_hard_negatives, bm25_candidates
 from pipeline.data.readers import normalize
 from pipeline.data.sources import expand_glossary, read_beir_pairs, read_faq, synthetic_pairs
@@ -401,3 +403,28 @@ def test_an_edited_judged_section_stays_held_out_and_scoring_its_stale_copy_is_r
               for s in read_kb("data/raw/kb")] + faq_answers(load_params("data"))
     with pytest.raises(InputError, match=r"qrels.tsv judges kb/milk-fever#\d+, which the index now serves with other"):
         scored_set(tmp_path / "data/raw/testsets/pet_owners", served)
+
+
+def test_user_style_validation_is_the_same_under_any_hash_seed(tmp_path):
+    """The generated validation messages, their graded qrels and so their topics (the first passage of the highest
+    grade names one) come out in one order whatever PYTHONHASHSEED a process draws: a set of passage ids once
+    named a MedQuAD message's topic differently from run to run."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "make.py"
+    script.write_text(
+        "import json, yaml, pandas as pd\n"
+        "from pipeline.data.readers import normalize\n"
+        "from pipeline.data.user_questions import user_style_validation\n"
+        f"cfg = yaml.safe_load(open({str(ROOT / 'params.yaml')!r}))['prepare']['user_questions']\n"
+        "qs = [f'What causes disease {g} type {i}?' for g in range(3) for i in range(4)]\n"
+        "val = pd.DataFrame({'q_norm': [normalize(q) for q in qs], 'group_id': [i // 4 for i in range(12)],\n"
+        "                    'group': [f'disease {i // 4}' for i in range(12)]})\n"
+        "queries = {f'q{i}': q for i, q in enumerate(qs)}\n"
+        "qrels = {f'q{i}': {f'doc-{i}-{c}': 1 for c in 'abc'} for i in range(12)}\n"
+        "print(json.dumps(user_style_validation(val, queries, qrels, cfg, 0)))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    outs = {subprocess.run([sys.executable, str(script)], env={**env, "PYTHONHASHSEED": seed}, capture_output=True,
+                           text=True, check=True).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1 and '"u0"' in outs.pop()

@@ -115,7 +115,9 @@ def user_style_validation(val: pd.DataFrame, queries: dict, qrels: dict, cfg: di
         gid, name = group_of[normalize(text)]
         topics.setdefault(gid, (topic_name(name), []))[1].append((text, list(qrels[qid])))
     messages = user_messages(list(topics.values()), cfg, seed)  # per_topic messages for each topic, in order
-    topic_of = [{d for _, docs in questions for d in docs} for _, questions in topics.values()
+    # a list, not a set: the qrels' order names a message's topic (pipeline.data.split.beir_topics takes the first
+    # passage of the highest grade), and a set of strings is ordered anew by each process's hash seed
+    topic_of = [list(dict.fromkeys(d for _, docs in questions for d in docs)) for _, questions in topics.values()
                 for _ in range(int(cfg["per_topic"]))]
     return ({f"u{i}": text for i, (text, _) in enumerate(messages)},
             {f"u{i}": {**dict.fromkeys(about, 1), **dict.fromkeys(docs, 2)}
