@@ -9,7 +9,6 @@ import re
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
 from pipeline.data.negatives import add_hard_negatives, bm25_candidates
 from pipeline.data.readers import normalize
 from pipeline.data.sources import expand_glossary, read_beir_pairs, read_faq, synthetic_pairs
