@@ -159,7 +159,11 @@ def served_int8_scores(repo: Path, name: str) -> dict:
     passages = [json.loads(line) for line in (repo / "models/index/passages.jsonl").read_text().splitlines()]
     corpus, queries, qrels, section_of = scored_set(repo / "data/prepared/testsets" / name, passages)
     assert section_of is not None and list(corpus) == [p["id"] for p in passages]  # scored on the served passages
-    q_emb = torch.from_numpy(OnnxEncoder(repo / "models/onnx/model_int8.onnx", 32).encode(list(queries.values())))
+    # in the export's batches: int8 quantises each batch's activations with the batch's own scale, so other batches
+    # give other vectors (CI once saw mrr@10 0.0477 against the export's 0.0482 with batches of 32)
+    batch_size = int(yaml.safe_load((repo / "params.yaml").read_text())["encode"]["batch_size"])
+    q_emb = torch.from_numpy(OnnxEncoder(repo / "models/onnx/model_int8.onnx", 32).encode(list(queries.values()),
+                                                                                          batch_size=batch_size))
     run = top_k(q_emb, torch.from_numpy(index.reconstruct_n(0, index.ntotal)), list(queries), list(corpus), 50)
     cfg = {"mrr_k": 10, "ndcg_k": 10, "map_k": 50, "recall_k": [], "depth": 50}
     scores = summary(per_query_metrics(found_sections(run, qrels, section_of), qrels, cfg), cfg)
