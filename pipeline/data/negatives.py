@@ -77,28 +77,25 @@ def add_hard_negatives(train: pd.DataFrame, model, cfg: dict, seed: int, stats: 
     group_of = dict(zip(train["positive"], train["group_id"]))
     candidates: list[dict[tuple[str, str], list[tuple[str, float]]]] = []
     positive_scores: dict[tuple[str, str], float] = {}
-    def autocast():
-        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    if miner in ("model", "both"):
-        dataset = Dataset.from_dict({"anchor": train["query"].tolist(), "positive": train["positive"].tolist()})
-        with autocast():
+    # one autocast over both miners' encodes (prepare.precision), as pipeline.retrieval.encode takes it
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        if miner in ("model", "both"):
+            dataset = Dataset.from_dict({"anchor": train["query"].tolist(), "positive": train["positive"].tolist()})
             mined = mine_hard_negatives(
                 dataset, model, range_max=int(cfg["range_max"]), num_negatives=int(cfg["candidates"]),
                 relative_margin=cfg.get("relative_margin"), absolute_margin=cfg.get("absolute_margin"),
                 sampling_strategy="top", output_format="labeled-list", output_scores=True,
                 batch_size=int(cfg["batch_size"]), use_faiss=False, verbose=True,
             )
-        by_model = {}
-        for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
-            by_model[(anchor, docs[0])] = list(zip(docs[1:], scores[1:]))
-            positive_scores[(anchor, docs[0])] = scores[0]
-        candidates.append(by_model)
-    if miner in ("bm25", "both"):
-        with autocast():
+            by_model = {}
+            for anchor, docs, scores in zip(mined["anchor"], mined["positive"], mined["scores"]):
+                by_model[(anchor, docs[0])] = list(zip(docs[1:], scores[1:]))
+                positive_scores[(anchor, docs[0])] = scores[0]
+            candidates.append(by_model)
+        if miner in ("bm25", "both"):
             by_bm25, bm25_positive_scores = bm25_candidates(train, model, cfg)
-        candidates.append(by_bm25)
-        positive_scores = positive_scores or bm25_positive_scores
+            candidates.append(by_bm25)
+            positive_scores = positive_scores or bm25_positive_scores
     found: dict[tuple[str, str], tuple[list[str], list[float], float | None]] = {}
     for key in zip(train["query"], train["positive"]):
         lists = [c.get(key, []) for c in candidates]
