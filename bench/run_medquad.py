@@ -6,12 +6,15 @@
     python bench/run_medquad.py --half              # the same defaults on half of faq_train.jsonl
     python bench/run_medquad.py -S train.epochs=2   # any params.yaml override, as with `dvc exp run -S`
     python bench/run_medquad.py --half --grid       # the ablation grid, queued with `dvc exp run --queue`
+    python bench/run_medquad.py --pace 0            # skip timing the plain sentence-transformers loop afterwards
 
 It copies the project into bench/out/<name>/ (git-ignored), points params.yaml at MedQuAD (FAQ = faq_train.jsonl
 grouped by `focus`, data.testset = test/, knowledge base = the test corpus), runs every stage with `dvc repro -s`
 and prints base / fine-tuned / BM25 / hybrid metrics on MedQuAD's test/ and on real users' questions
 (../shared/bench/consumer_questions, a named test set and the guard: read in place, never trained on), the
-validation sets that chose the model, and each stage's wall time and peak memory. Nothing is copied into the
+validation sets that chose the model, each stage's wall time and peak memory, the CPU model, and the plain
+sentence-transformers loop's pairs a second on the same pairs and machine (--pace steps, after the run): issue 21's
+45 minutes hold on the AMD EPYC of bench/README.md and scale by that pace on another CPU. Nothing is copied into the
 project itself.
 """
 
@@ -219,6 +222,9 @@ def main() -> None:
                         help="users' messages (../shared/bench/user_messages): with their questions, bare, or none")
     parser.add_argument("--name", default=None, help="work folder name under bench/out/")
     parser.add_argument("--grid", action="store_true", help="run the ablation grid with `dvc exp run --queue`")
+    parser.add_argument("--pace", type=int, default=20, metavar="STEPS",
+                        help="after the run, time the plain sentence-transformers loop for STEPS steps on its pairs, "
+                             "the pace issue 21 scales its 45 minutes by on another CPU (0: skip)")
     parser.add_argument("--summary", metavar="NAME", help="only print the metrics of bench/out/NAME")
     args = parser.parse_args()
     if args.summary:
@@ -256,6 +262,20 @@ def main() -> None:
     print_summary(work)
     total = sum(s for s, _ in timings.values())
     print(f"total wall time {total / 60:.1f} min on {cpu_model()}: " + ", ".join(f"{k} {s / 60:.1f}" for k, (s, _) in timings.items()))
+    if args.pace > 0:
+        print(f"plain sentence-transformers loop on {cpu_model()}: {plain_loop_pace(work, args.pace)} pairs/s "
+              f"({args.pace} steps on this run's training pairs; bench/train_pace.py)")
+
+
+def plain_loop_pace(work: Path, steps: int) -> float:
+    """The plain SentenceTransformerTrainer's pairs a second on the run's own pairs and settings, measured after the
+    run on the same machine: the yardstick for comparing this run's time with one on another CPU."""
+    from bench.train_pace import plain_pace
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["max_steps"] = steps
+    rows = [json.loads(line) for line in (work / "data" / "prepared" / "train.jsonl").read_text().splitlines()]
+    return plain_pace(params, rows)["pairs_per_second"]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ loop. Both train the first --rows rows of train.jsonl for --steps optimizer step
   less the checks', validation_minutes in the same file, which the trainer times). The merge after training is not
   counted.
 - the plain loop: SentenceTransformerTrainer with the same model, dataset and loss (pipeline.training.losses
-  build_loss), batch size, learning rate, warm-up, seed and precision, no evaluator, no checkpoints, the default
+  build_loss, with the library's one forward pass a column: train.length_buckets 1), batch size, learning rate, warm-up, seed and precision, no evaluator, no checkpoints, the default
   batch sampler; timed the same way around trainer.train(). The same dropout is set (pipeline.training.args
   set_dropout): dropout changes the cost of a step by itself (1.2x on a CPU), which is the recipe, not the loop.
 
@@ -100,7 +100,8 @@ def plain_pace(params: dict, rows: list[dict]) -> dict:
     torch.manual_seed(int(cfg["seed"]))
     model = load_model(params["model"]["base"], max_seq_length=int(cfg["max_seq_length"]))
     set_dropout(model, cfg["dropout"])
-    loss, dataset = build_loss(cfg["loss"], model, rows, cfg)
+    # the library's loss as it comes: one padded forward pass a column (the stage's length_buckets split it)
+    loss, dataset = build_loss(cfg["loss"], model, rows, dict(cfg, length_buckets=1))
     precision = pick_precision(cfg["precision"], "train.precision")
     with tempfile.TemporaryDirectory() as out:
         args = SentenceTransformerTrainingArguments(

@@ -20,7 +20,7 @@ from pipeline.training.losses import build_loss
 
 ROWS = [{"anchor": f"q{i}", "positive": f"p{i}", "negative_1": f"n{i}"} for i in range(4)]
 CFG = {"mini_batch_size": 2, "matryoshka_dims": None, "scale": 20.0, "directions": ["query_to_doc"],
-       "hardness_mode": None, "hardness_strength": 0.0}
+       "hardness_mode": None, "hardness_strength": 0.0, "length_buckets": 1}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,47 @@ def test_loss_options_change_the_loss_and_bad_ones_fail(model):
     assert cached.directions == tuple(gte["directions"]) and cached.mini_batch_size == 2
     with pytest.raises(InputError, match="params.yaml: train: Invalid directions"):
         build_loss("MultipleNegativesRankingLoss", model, ROWS, dict(CFG, directions=["query_to_docs"]))
+
+
+def test_length_buckets_give_the_library_loss_and_gradients_from_narrower_passes(model):
+    """Each column embedded in groups of similar length: the same loss and gradients as one padded forward pass
+    (fp32), alone and under MatryoshkaLoss, while the passes really are narrower than the padded batch."""
+    from sentence_transformers.sentence_transformer import losses
+
+    words = [2, 40, 3, 25, 1, 60, 4, 8]  # a few long messages among short questions, as with users' messages
+    rows = [{"anchor": " ".join(f"w{i}x{j}" for j in range(n)), "positive": f"answer {i} " * (1 + i % 3)}
+            for i, n in enumerate(words)]
+    features = lambda: [model.tokenize([r[c] for r in rows]) for c in ("anchor", "positive")]  # noqa: E731
+    widths = []
+    hook = model[0].register_forward_pre_hook(lambda _, args: widths.append(args[0]["input_ids"].shape[1]))
+
+    def value_and_grads(loss):
+        model.zero_grad()
+        value = loss(features(), labels=None)
+        value.backward()
+        return value.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    try:
+        for dims in (None, [32, 16]):
+            cfg = dict(CFG, matryoshka_dims=dims)
+            plain, _ = build_loss("MultipleNegativesRankingLoss", model, rows, cfg)
+            bucketed, _ = build_loss("MultipleNegativesRankingLoss", model, rows, dict(cfg, length_buckets=4))
+            inner = bucketed.loss if dims else bucketed
+            assert type(inner).__name__ == "LengthBucketedMNRL" and inner.buckets == 4
+            widths.clear()
+            expected, expected_grads = value_and_grads(plain)
+            full = max(widths)
+            widths.clear()
+            got, grads = value_and_grads(bucketed)
+            assert len(widths) == 8 and min(widths) < full / 3 and max(widths) == full
+            assert got == pytest.approx(expected, abs=1e-6)
+            assert len(grads) == len(expected_grads)
+            # float noise of other matrix shapes only: 5e-6 against gradients up to 7
+            assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-5) for g, e in zip(grads, expected_grads))
+        reference = losses.MultipleNegativesRankingLoss(model)(features(), labels=None).item()
+        assert got != pytest.approx(reference, abs=1e-3)  # the Matryoshka loss above is another loss, seen
+    finally:
+        hook.remove()
 
 
 def test_pairs_without_negatives_and_bad_names(model):

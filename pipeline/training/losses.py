@@ -7,12 +7,14 @@ import torch
 from datasets import Dataset
 
 from pipeline.params import InputError
+from pipeline.training.length_buckets import LengthBucketedMNRL
 
 
 def in_batch_negatives_loss(name: str, model, cfg: dict):
     """(Cached)MultipleNegativesRankingLoss with the options params.yaml gives, passed to sentence-transformers as
     they are: which similarity terms enter the softmax (GTE: all four directions), its scale (= 1/temperature), and
-    hardness weighting of the negatives (Lan et al. 2025)."""
+    hardness weighting of the negatives (Lan et al. 2025). The plain loss embeds each column in groups of similar
+    length (train.length_buckets: pipeline/training/length_buckets.py); the cached one has its own mini-batches."""
     from sentence_transformers.sentence_transformer import losses
 
     options = {"scale": float(cfg["scale"]), "directions": tuple(cfg["directions"]),
@@ -24,6 +26,8 @@ def in_batch_negatives_loss(name: str, model, cfg: dict):
         # every process's batch enters every softmax: N processes with batch b train as one batch of N x b
         options["gather_across_devices"] = True
     try:
+        if name == "MultipleNegativesRankingLoss" and int(cfg["length_buckets"]) > 1:
+            return LengthBucketedMNRL(model, int(cfg["length_buckets"]), **options)
         return getattr(losses, name)(model, **options)
     except ValueError as e:  # the library's own check of the options
         raise InputError(f"params.yaml: train: {e}") from None
