@@ -1,11 +1,11 @@
 """train: each column of a batch encoded in groups of similar length, so a few long texts do not pad all the others.
 
 The collator pads a column to its longest text. With users' messages in the batches that is most of the query side:
-on MedQuAD with `user_messages/` (20% of the rows), 125 of the 128 query tokens of an average batch are padding
-around a median question of 16 tokens, and a step costs as if every question were a message. Sorted by length and
-cut into `train.length_buckets` groups, each padded to its own longest, the same rows give the same embeddings
-(padding is masked out: the same loss and gradients to 1e-7 in fp32, tests/test_train.py) at 1.45x the steps a
-second on that data (bench/README.md). The batches, the loss and the softmax are sentence-transformers' own; only
+on MedQuAD with `user_messages/` (20% of the rows) a batch's questions are padded to 125 tokens on average, 79% of
+them padding around a median question of 16 tokens, and a step costs as if every question were a message. Sorted
+by length and cut into `train.length_buckets` groups, each padded to its own longest, the same rows give the same
+embeddings (padding is masked out: the same loss and gradients to 1e-6 in fp32, tests/test_train.py) at 1.24x the
+plain sentence-transformers loop's steps a second on that data (bench/train_pace.py, bench/README.md). The batches, the loss and the softmax are sentence-transformers' own; only
 the forward pass is split, as CachedMultipleNegativesRankingLoss splits it into mini-batches for memory.
 """
 
