@@ -263,7 +263,8 @@ def main() -> None:
     total = sum(s for s, _ in timings.values())
     print(f"total wall time {total / 60:.1f} min on {cpu_model()}: " + ", ".join(f"{k} {s / 60:.1f}" for k, (s, _) in timings.items()))
     if args.pace > 0:
-        print(f"plain sentence-transformers loop on {cpu_model()}: {plain_loop_pace(work, args.pace)} pairs/s "
+        pace = plain_loop_pace(work, args.pace)
+        print(f"plain sentence-transformers loop on {cpu_model()}: {pace} pairs/s "
               f"({args.pace} steps on this run's training pairs; bench/train_pace.py)")
 
 

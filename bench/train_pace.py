@@ -15,7 +15,8 @@ loop. Both train the first --rows rows of train.jsonl for --steps optimizer step
   less the checks', validation_minutes in the same file, which the trainer times). The merge after training is not
   counted.
 - the plain loop: SentenceTransformerTrainer with the same model, dataset and loss (pipeline.training.losses
-  build_loss, with the library's one forward pass a column: train.length_buckets 1), batch size, learning rate, warm-up, seed and precision, no evaluator, no checkpoints, the default
+  build_loss, with the library's one forward pass a column: train.length_buckets 1), batch size, learning rate,
+  warm-up, seed and precision, no evaluator, no checkpoints, the default
   batch sampler; timed the same way around trainer.train(). The same dropout is set (pipeline.training.args
   set_dropout): dropout changes the cost of a step by itself (1.2x on a CPU), which is the recipe, not the loop.
 

@@ -248,8 +248,8 @@ class Train(Section):
     batch_size: Positive = Field(description="pairs per batch: with in-batch negatives, larger is harder")
     length_buckets: Positive = Field(description=(
         "MultipleNegativesRankingLoss: each column of a batch is encoded in this many groups of similar length, each "
-        "padded to its own longest (the same loss and gradients; 1.24x the plain loop's steps a second on MedQuAD with users' "
-        "messages, bench/README.md); 1: one forward pass a column, as sentence-transformers does"))
+        "padded to its own longest (the same loss and gradients; 1.24x the plain loop's steps a second on MedQuAD "
+        "with users' messages, bench/README.md); 1: one forward pass a column, as sentence-transformers does"))
     group_batches: bool = Field(description=(
         "in-batch-negative losses: batches of whole groups (`data.faq_columns.group`), so each question's negatives "
         "include the other answers about its own subject; `false`: random no-duplicates batches"))

@@ -5,8 +5,9 @@ on MedQuAD with `user_messages/` (20% of the rows) a batch's questions are padde
 them padding around a median question of 16 tokens, and a step costs as if every question were a message. Sorted
 by length and cut into `train.length_buckets` groups, each padded to its own longest, the same rows give the same
 embeddings (padding is masked out: the same loss and gradients to 1e-6 in fp32, tests/test_train.py) at 1.24x the
-plain sentence-transformers loop's steps a second on that data (bench/train_pace.py, bench/README.md). The batches, the loss and the softmax are sentence-transformers' own; only
-the forward pass is split, as CachedMultipleNegativesRankingLoss splits it into mini-batches for memory.
+plain sentence-transformers loop's steps a second on that data (bench/train_pace.py, bench/README.md). The batches,
+the loss and the softmax are sentence-transformers' own; only the forward pass is split, as
+CachedMultipleNegativesRankingLoss splits it into mini-batches for memory.
 """
 
 from __future__ import annotations
