@@ -135,7 +135,8 @@ class Messages(Section):
         "close"))
     label_questions: bool = Field(False, description=(
         "a message naming only its question gets the passage the base model and BM25 agree on for that question, "
-        "when the check on the linked messages' questions is precise enough"))
+        "when the check on the linked messages' questions is precise enough (off by default: on MedQuAD it encoded "
+        "the 13,824 FAQ answers, 3.5 of prepare's 5.6 min, and its check, precision 0.50, kept no label)"))
     label_margin: Annotated[float, Field(ge=0)] = Field(description=(
         "unlinked messages: labelled when the base model and BM25 put the same passage first and the base model's "
         "first leads its second by this cosine (on the bundled linked messages, links hidden: 45 of 264 labelled, "
