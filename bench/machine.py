@@ -8,5 +8,6 @@ from pipeline.serving.backend_choice import host_cpu as cpu_name  # one reader o
 
 
 def cpu_model() -> str:
-    """The CPU model and the cores this process may use, e.g. "AMD EPYC, 2 cores"."""
+    """The CPU (pipeline.serving.backend_choice.host_cpu) and the cores this process may use, e.g.
+    "AMD EPYC (family 25 model 1; avx2), 2 cores"."""
     return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores"

@@ -51,3 +51,14 @@ def test_pytorch_when_there_is_nothing_to_choose_by(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="pipeline.serve"):
         assert choose_backend(elsewhere, SHA)[0] == "onnx"  # still the figures it has, with a warning
     assert "measured on Another CPU 9000" in caplog.text
+
+
+def test_the_host_cpu_names_what_sets_the_pace_beyond_a_shared_model_name():
+    """Two hosts that both say "AMD EPYC" but train 1.4x apart: the record tells them apart by family, model and the
+    vector units the encoders use, and a host that gives no flags still gets its name."""
+    zen3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2\n"
+    zen4 = zen3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2", "avx2 avx512f avx512_bf16")
+    assert host_cpu(zen3) == "AMD EPYC (family 25 model 1; avx2)"
+    assert host_cpu(zen4) == "AMD EPYC (family 25 model 17; avx2 avx512f avx512_bf16)"
+    assert host_cpu(zen3 + "processor\t: 1\nmodel name\t: other\n") == host_cpu(zen3)  # the first block only
+    assert host_cpu("model name\t: Some CPU\n") == "Some CPU (no avx2)"

@@ -23,13 +23,24 @@ from pathlib import Path
 log = logging.getLogger("pipeline.serve")
 
 
-def host_cpu() -> str:
-    """This host's CPU model, as the export stage records it beside its speeds (bench/machine.py's, for bench/)."""
+def host_cpu(cpuinfo: str | None = None) -> str:
+    """This host's CPU, as the export stage records it beside its speeds (bench/machine.py's, for bench/): the model
+    name, its family and model numbers, and the vector units that set the pace, e.g. "AMD EPYC (family 25 model 1;
+    avx2)". Why more than the name: a cloud host may report only "AMD EPYC", and two such hosts of this project, one
+    with AVX512-BF16 and one with AVX2 alone, trained the same pairs 1.4x apart (bench/README.md)."""
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
         return platform.processor() or platform.machine() or "unknown CPU"
+    fields: dict[str, str] = {}
+    for line in text.splitlines():  # the first processor's block is enough: the cores of one host are alike
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    units = [u for u in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if u in flags] or ["no avx2"]
+    family = f"family {fields['cpu family']} model {fields.get('model', '?')}; " if "cpu family" in fields else ""
+    return f"{name} ({family}{' '.join(units)})"
 
 
 def choose_backend(onnx_dir: Path, model_sha256: str, max_ndcg_loss: float = 0.0) -> tuple[str, dict]:
