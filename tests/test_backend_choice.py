@@ -54,7 +54,7 @@ def test_pytorch_when_there_is_nothing_to_choose_by(tmp_path, caplog):
 
 
 def test_the_host_cpu_names_what_sets_the_pace_beyond_a_shared_model_name():
-    """Two hosts that both say "AMD EPYC" but train 1.4x apart: the record tells them apart by family, model and the
+    """Two hosts that both say "AMD EPYC" but train 2x apart: the record tells them apart by family, model and the
     vector units the encoders use, and a host that gives no flags still gets its name."""
     zen3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2\n"
     zen4 = zen3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2", "avx2 avx512f avx512_bf16")

@@ -27,7 +27,8 @@ def host_cpu(cpuinfo: str | None = None) -> str:
     """This host's CPU, as the export stage records it beside its speeds (bench/machine.py's, for bench/): the model
     name, its family and model numbers, and the vector units that set the pace, e.g. "AMD EPYC (family 25 model 1;
     avx2)". Why more than the name: a cloud host may report only "AMD EPYC", and two such hosts of this project, one
-    with AVX512-BF16 and one with AVX2 alone, trained the same pairs 1.4x apart (bench/README.md)."""
+    with AVX512-BF16 and one with AVX2 alone, ran the plain training loop on the same pairs 1.99x apart
+    (bench/README.md)."""
     try:
         text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     except OSError:
